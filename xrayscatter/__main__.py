@@ -1,0 +1,3 @@
+from xrayscatter.cli import main
+
+main()

@@ -1,0 +1,227 @@
+"""The ``xrayscatter`` command line: thin, it parses arguments and calls library functions.
+
+Errors are one line on stderr and a non-zero exit code; ``--debug`` shows the traceback.
+Library modules are imported inside the commands so that ``--help`` is instant and
+does not load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xrayscatter.errors import XrayscatterError
+
+DEFAULT_PIPELINE = "pipelines/default.toml"
+
+app = typer.Typer(
+    help="Tag x-ray scattering detector images: simulate, train, evaluate, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+simulate_app = typer.Typer(help="Synthetic SAXS/WAXS images → sharded TFRecords.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the ResNet-50 or the patch autoencoder.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: print rates measured side by side in one run.", no_args_is_help=True)
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(train_app, name="train")
+app.add_typer(bench_app, name="bench")
+
+_state = {"debug": False}
+
+PipelineOption = typer.Option(DEFAULT_PIPELINE, "--pipeline", "-p", help="Pipeline TOML file.")
+
+
+def _config(pipeline: str):
+    from xrayscatter.config import load_config
+
+    return load_config(pipeline)
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
+    _state["debug"] = debug
+
+
+# --------------------------------------------------------------------------- simulate
+@simulate_app.command("run")
+def simulate_run(
+    pipeline: str = PipelineOption,
+    shards: Optional[str] = typer.Option(
+        None, "--shards",
+        help="Write only these shards, e.g. '0-9' or '3' (global shard numbers over all splits), for job arrays. "
+             "Run 'xrayscatter simulate finalize' when all are done."),
+    processes: Optional[int] = typer.Option(None, "--processes", "-j", help="Worker processes (default: config)."),
+):
+    """Simulate the pipeline's data set into tfrecords/<dataset>/ (resumes where a killed run stopped)."""
+    from xrayscatter.simulate.writer import parse_shard_range, simulate_dataset
+
+    config = _config(pipeline)
+    selection = parse_shard_range(shards) if shards else None
+    simulate_dataset(config, shard_selection=selection, processes=processes)
+
+
+@simulate_app.command("finalize")
+def simulate_finalize(pipeline: str = PipelineOption):
+    """Check that every shard of the data set is present and write manifest.json."""
+    from xrayscatter.simulate.writer import finalize_dataset
+
+    path = finalize_dataset(_config(pipeline))
+    typer.echo(f"wrote {path}")
+
+
+@simulate_app.command("preview")
+def simulate_preview(
+    pipeline: str = PipelineOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG path (default reports/<name>/preview.png)."),
+    count: int = typer.Option(24, "--count", "-n", help="How many images."),
+    start: int = typer.Option(0, "--start", help="First image index."),
+):
+    """Write a PNG grid of simulated images (log-scale false colour) with their tags."""
+    from xrayscatter.simulate.preview import write_preview
+
+    config = _config(pipeline)
+    path = write_preview(config, output, count=count, start=start)
+    typer.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- train
+@train_app.command("resnet")
+def train_resnet_command(pipeline: str = PipelineOption):
+    """Train the ResNet on the TFRecords, report hold-out mAP, export saved_models/resnet/<version>/."""
+    from xrayscatter.training import train_resnet
+
+    train_resnet(_config(pipeline))
+
+
+@train_app.command("autoencoder")
+def train_autoencoder_command(
+    pipeline: str = PipelineOption,
+    images_dir: Optional[Path] = typer.Option(
+        None, "--images-dir", help="Train on a folder of real detector images instead of the TFRecords."),
+):
+    """Train the patch autoencoder, export saved_models/autoencoder/<version>/."""
+    from xrayscatter.autoencoder_training import train_autoencoder
+
+    train_autoencoder(_config(pipeline), images_dir=images_dir)
+
+
+# --------------------------------------------------------------------------- evaluate / predict
+@app.command("evaluate")
+def evaluate_command(
+    pipeline: str = PipelineOption,
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Folder of real detector images with labels.csv (default: the synthetic TFRecords)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Report name (default: the pipeline name)."),
+):
+    """One-vs-all linear SVMs, leave-one-run-out AP, baselines → reports/<name>/."""
+    from xrayscatter.evaluation.run import run_evaluation
+
+    run_evaluation(_config(pipeline), data_dir=data, report_name=name)
+
+
+@app.command("predict")
+def predict_command(
+    directory: Path = typer.Argument(..., help="Folder of detector images (TIFF, EDF, CBF, PNG, NPY)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel folder (default: newest under saved_models/)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write CSV (.csv) or JSON Lines (.jsonl)."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also read subfolders."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only files matching this pattern, e.g. '*.tif'."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+):
+    """Tag every detector image in DIRECTORY. Exit code 0: all read; 1: some files failed; 2: nothing done."""
+    from xrayscatter.predict import predict_directory
+
+    failures = predict_directory(directory, model=model, output=output, recursive=recursive,
+                                 glob=glob, batch_size=batch_size)
+    raise typer.Exit(code=1 if failures else 0)
+
+
+@app.command("serve-request")
+def serve_request_command(
+    file: Path = typer.Argument(..., help="A detector image file."),
+    signature: str = typer.Option("serving_default", "--signature", help="Signature name."),
+):
+    """Print the TF Serving REST :predict JSON body for FILE (pipe it to curl -d @-)."""
+    from xrayscatter.serving import rest_request_body
+
+    typer.echo(rest_request_body(file, signature_name=signature))
+
+
+# --------------------------------------------------------------------------- bench
+@bench_app.command("simulate")
+def bench_simulate_command(
+    sizes: str = typer.Option("256,1024", "--sizes", help="Image sizes (px), comma-separated."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Measuring time per case."),
+):
+    """Images/s per process at each size, and the speed-up from 1 to 2 processes."""
+    from xrayscatter.benchmarks.simulate import bench_simulate
+
+    bench_simulate([int(s) for s in sizes.split(",")], seconds=seconds)
+
+
+@bench_app.command("train")
+def bench_train_command(pipeline: str = PipelineOption):
+    """Input pipeline alone vs training on in-memory tensors vs training fed by the pipeline."""
+    from xrayscatter.benchmarks.train import bench_train
+
+    bench_train(_config(pipeline))
+
+
+@bench_app.command("features")
+def bench_features_command(pipeline: str = PipelineOption):
+    """15-crop features/s vs 15 plain passes; SPM features/s vs a per-patch loop."""
+    from xrayscatter.benchmarks.features import bench_features
+
+    bench_features(_config(pipeline))
+
+
+@bench_app.command("evaluate")
+def bench_evaluate_command(
+    images: int = typer.Option(2832, "--images"), dims: int = typer.Option(23552, "--dims"),
+    attributes: int = typer.Option(98, "--attributes"), runs: int = typer.Option(13, "--runs"),
+):
+    """Time of the whole leave-one-run-out evaluation on an XMD-sized synthetic feature matrix."""
+    from xrayscatter.benchmarks.evaluate import bench_evaluate
+
+    bench_evaluate(images=images, dims=dims, attributes=attributes, runs=runs)
+
+
+@bench_app.command("predict")
+def bench_predict_command(
+    model: Optional[Path] = typer.Option(None, "--model", "-m"),
+    images: int = typer.Option(64, "--images"), size: int = typer.Option(1024, "--size"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+):
+    """End-to-end predict images/s on a folder of TIFFs vs the model's own forward rate."""
+    from xrayscatter.benchmarks.predict import bench_predict
+
+    bench_predict(model=model, images=images, size=size, batch_size=batch_size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one-line errors unless --debug.
+
+    Usage errors are click's (exit 2 with the usage line); an XrayscatterError or any
+    other failure becomes one red line on stderr and exit code 2.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="xrayscatter")
+    except XrayscatterError as e:
+        _fail(str(e), debug)
+    except KeyboardInterrupt:
+        _fail("interrupted (complete outputs are kept; run the same command again to resume)", debug)
+    except Exception as e:  # noqa: BLE001 - the CLI's job is to turn any failure into one clear line
+        _fail(f"{type(e).__name__}: {e} (run with --debug for the traceback)", debug)
+
+
+def _fail(message: str, debug: bool) -> None:
+    if debug:
+        raise
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    sys.exit(2)

@@ -1,0 +1,243 @@
+"""Pipeline files (TOML) → typed settings.
+
+A pipeline file has a few top-level keys and one table per stage::
+
+    name = "default"
+    seed = 2017
+    [simulate]   ...   # SimulateConfig
+    [resnet]     ...   # ResNetConfig
+    [autoencoder] ...  # AutoencoderConfig
+    [evaluate]   ...   # EvaluateConfig
+
+Every key is optional (the dataclass default applies); an unknown key or a value
+of the wrong type is an error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xrayscatter.errors import XrayscatterError
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """How many images, of what size, how they are grouped and sharded."""
+
+    dataset: str = "default"
+    num_images: int = 2000
+    images_per_run: int = 50  # images in one measurement run (shared geometry, detector, beamstop)
+    image_size: int = 256  # pixels of the detector's longest side after binning
+    # Fractions of *runs* (not images) in each split; the rest of the runs go to train.
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15
+    shard_size: int = 256  # images per TFRecord shard
+    processes: int = 0  # 0 → os.cpu_count()
+    saxs_fraction: float = 0.6  # fraction of runs with SAXS geometry (the rest WAXS)
+    output_dir: str = "tfrecords"
+
+    def validate(self, where: str) -> None:
+        _check(self.num_images >= 1, where, "simulate.num_images", "must be ≥ 1")
+        _check(self.images_per_run >= 1, where, "simulate.images_per_run", "must be ≥ 1")
+        _check(16 <= self.image_size <= 4096, where, "simulate.image_size", "must be in [16, 4096]")
+        _check(0 <= self.val_fraction < 1, where, "simulate.val_fraction", "must be in [0, 1)")
+        _check(0 <= self.test_fraction < 1, where, "simulate.test_fraction", "must be in [0, 1)")
+        _check(self.val_fraction + self.test_fraction < 1, where, "simulate.test_fraction",
+               "val_fraction + test_fraction must be < 1")
+        _check(self.shard_size >= 1, where, "simulate.shard_size", "must be ≥ 1")
+        _check(self.processes >= 0, where, "simulate.processes", "must be ≥ 0")
+        _check(0 <= self.saxs_fraction <= 1, where, "simulate.saxs_fraction", "must be in [0, 1]")
+        _check(self.dataset.replace("-", "").replace("_", "").isalnum(), where, "simulate.dataset",
+               "must be letters, digits, '-' or '_'")
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """The supervised network: ResNet-50 (or a narrower/smaller variant on CPU)."""
+
+    input_size: int = 224
+    width_multiplier: float = 1.0  # 1.0 is exactly keras.applications.ResNet50
+    batch_size: int = 32  # global batch (split over replicas)
+    epochs: int = 10
+    steps_per_epoch: int = 0  # 0 → one pass over the train split
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    augment: bool = True
+    mixed_precision: bool = False  # mixed_float16; only worth it on GPUs
+    xla: bool = False
+    cache: bool = False  # cache decoded images in memory (small data sets)
+    shuffle_buffer: int = 1024
+    output_dir: str = "saved_models/resnet"
+    log_dir: str = "logs/resnet"
+
+    def validate(self, where: str) -> None:
+        _check(32 <= self.input_size <= 1024, where, "resnet.input_size", "must be in [32, 1024]")
+        _check(0 < self.width_multiplier <= 4, where, "resnet.width_multiplier", "must be in (0, 4]")
+        _check(self.batch_size >= 1, where, "resnet.batch_size", "must be ≥ 1")
+        _check(self.epochs >= 1, where, "resnet.epochs", "must be ≥ 1")
+        _check(self.steps_per_epoch >= 0, where, "resnet.steps_per_epoch", "must be ≥ 0")
+        _check(self.learning_rate > 0, where, "resnet.learning_rate", "must be > 0")
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """The patch autoencoder and its spatial-pyramid features."""
+
+    patch_size: int = 32
+    code_size: int = 1024
+    scales: tuple[int, ...] = (256, 512)  # images resized to these sizes before patching
+    patches_per_image: int = 1000
+    batch_size: int = 256
+    epochs: int = 5
+    steps_per_epoch: int = 0
+    learning_rate: float = 1e-3
+    spm_stride: int = 16  # dense grid stride (px) for SPM features
+    spm_levels: tuple[int, ...] = (1, 2, 4)
+    real_images_dir: str = ""  # train on a folder of real detector images instead of the TFRecords
+    output_dir: str = "saved_models/autoencoder"
+    log_dir: str = "logs/autoencoder"
+
+    def validate(self, where: str) -> None:
+        _check(self.patch_size >= 8, where, "autoencoder.patch_size", "must be ≥ 8")
+        _check(self.code_size >= 2, where, "autoencoder.code_size", "must be ≥ 2")
+        _check(len(self.scales) >= 1 and all(s >= self.patch_size for s in self.scales), where,
+               "autoencoder.scales", "must be a non-empty list of sizes ≥ patch_size")
+        _check(self.patches_per_image >= 1, where, "autoencoder.patches_per_image", "must be ≥ 1")
+        _check(self.epochs >= 1, where, "autoencoder.epochs", "must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """SVM evaluation: which features, which C values, which baselines."""
+
+    feature_sets: tuple[str, ...] = ("resnet", "autoencoder", "resnet+autoencoder")
+    baselines: tuple[str, ...] = ("bow", "lbpphog")
+    svm_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    max_images: int = 0  # 0 → all images of the data set
+    hierarchical: bool = False
+    hierarchy_attribute: str = "SAXS"
+    real_data_dir: str = ""  # folder with detector images and labels.csv; empty → the synthetic TFRecords
+    report_dir: str = "reports"
+    cache_dir: str = "cache/features"
+
+    def validate(self, where: str) -> None:
+        _check(len(self.svm_c_grid) >= 1 and all(c > 0 for c in self.svm_c_grid), where,
+               "evaluate.svm_c_grid", "must be a non-empty list of positive numbers")
+        _check(self.max_images >= 0, where, "evaluate.max_images", "must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One pipeline file: a name, a seed and the settings of every stage."""
+
+    name: str = "default"
+    seed: int = 2017
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    source: str = ""  # the file it was read from (not a key of the file)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (for manifests, SavedModels and reports)."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+_SECTIONS = {
+    "simulate": SimulateConfig,
+    "resnet": ResNetConfig,
+    "autoencoder": AutoencoderConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+def _check(ok: bool, where: str, key: str, reason: str) -> None:
+    if not ok:
+        raise XrayscatterError(f"{where}: key '{key}' {reason}")
+
+
+def _coerce(value, annotation, where: str, key: str):
+    """Check one TOML value against a dataclass field type (int, float, bool, str, tuple[...])."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise XrayscatterError(f"{where}: key '{key}' must be a list, got {value!r}")
+        return tuple(_coerce(v, item_type, where, f"{key}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise XrayscatterError(f"{where}: key '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise XrayscatterError(f"{where}: key '{key}' must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise XrayscatterError(f"{where}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise XrayscatterError(f"{where}: key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {annotation!r} for {key}")  # a bug here, not the user's
+
+
+def _build(cls, table: dict, where: str, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if key not in names or key in _SECTIONS and prefix:
+            known = ", ".join(sorted(names - set(_SECTIONS)))
+            raise XrayscatterError(f"{where}: unknown key '{full}' (known keys: {known})")
+        if key in _SECTIONS and not prefix:
+            if not isinstance(value, dict):
+                raise XrayscatterError(f"{where}: '{key}' must be a table ([{key}])")
+            kwargs[key] = _build(_SECTIONS[key], value, where, f"{key}.")
+        else:
+            kwargs[key] = _coerce(value, hints[key], where, full)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline TOML file.
+
+    Raises:
+        XrayscatterError: the file is missing, is not TOML, has an unknown key or a bad value.
+    """
+    path = Path(path)
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise XrayscatterError(f"{where}: pipeline file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise XrayscatterError(f"{where}: not valid TOML ({e})") from None
+    config = _build(PipelineConfig, table, where, "")
+    for section in _SECTIONS:
+        getattr(config, section).validate(where)
+    return dataclasses.replace(config, source=where)
+
+
+def config_from_dict(table: dict, where: str = "<dict>") -> PipelineConfig:
+    """Same checks as :func:`load_config`, from an in-memory dict (tests, SavedModel metadata)."""
+    config = _build(PipelineConfig, table, where, "")
+    for section in _SECTIONS:
+        getattr(config, section).validate(where)
+    return dataclasses.replace(config, source=where)
+
+
+def replace(config: PipelineConfig, section: str, **changes) -> PipelineConfig:
+    """A copy of ``config`` with some keys of one section changed (tests, CLI overrides)."""
+    new_section = dataclasses.replace(getattr(config, section), **changes)
+    return dataclasses.replace(config, **{section: new_section})
+
