@@ -1,0 +1,109 @@
+"""Instrument and detector effects: geometry factors, background, direct beam, counting noise,
+defects and saturation. All images are (H, W) float32 counts."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+
+def solid_angle_factor(two_theta: np.ndarray) -> np.ndarray:
+    """Relative solid angle of a flat-detector pixel, cos³(2θ) (1 at the beam)."""
+    return np.cos(two_theta) ** 3
+
+
+def polarization_factor(two_theta: np.ndarray, chi: np.ndarray, horizontal_fraction: float = 0.98) -> np.ndarray:
+    """Polarisation of a synchrotron beam polarised in the horizontal (x) plane.
+
+    P = f·(1 − sin²2θ sin²χ) + (1 − f)·(1 − sin²2θ cos²χ), χ from vertical (0 = up);
+    only visible at wide angles (WAXS).
+    """
+    s2 = np.sin(two_theta) ** 2
+    sx = np.sin(chi) ** 2
+    return horizontal_fraction * (1 - s2 * sx) + (1 - horizontal_fraction) * (1 - s2 * (1 - sx))
+
+
+def direct_beam(shape, beam_xy, fwhm_px: float, total_counts: float) -> np.ndarray:
+    """Gaussian spot of the unscattered beam (integrated ``total_counts``)."""
+    h, w = shape
+    sigma = max(fwhm_px / 2.3548, 0.3)
+    y = np.arange(h, dtype=np.float32)[:, None] + 0.5 - beam_xy[1]
+    x = np.arange(w, dtype=np.float32)[None, :] + 0.5 - beam_xy[0]
+    spot = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
+    return (total_counts / (2 * np.pi * sigma * sigma) * spot).astype(np.float32)
+
+
+def smooth_background(shape, rng: np.random.Generator, level: float, variation: float, scale_px: float) -> np.ndarray:
+    """A slowly varying background (air, windows, fluorescence): ``level``·(1 + variation·field),
+    field = low-pass filtered noise plus a linear gradient, in [−1, 1]."""
+    h, w = shape
+    small = rng.normal(size=(max(2, int(h / scale_px) + 2), max(2, int(w / scale_px) + 2)))
+    ys = np.linspace(0, small.shape[0] - 1, h)
+    xs = np.linspace(0, small.shape[1] - 1, w)
+    # Bilinear upsampling of a coarse random grid: a smooth field without an FFT-sized filter.
+    y0 = np.floor(ys).astype(int).clip(0, small.shape[0] - 2)
+    x0 = np.floor(xs).astype(int).clip(0, small.shape[1] - 2)
+    fy = (ys - y0)[:, None]
+    fx = (xs - x0)[None, :]
+    field = (small[y0][:, x0] * (1 - fy) * (1 - fx) + small[y0 + 1][:, x0] * fy * (1 - fx)
+             + small[y0][:, x0 + 1] * (1 - fy) * fx + small[y0 + 1][:, x0 + 1] * fy * fx)
+    gy, gx = rng.normal(size=2) * 0.5
+    field = field + gy * np.linspace(-1, 1, h)[:, None] + gx * np.linspace(-1, 1, w)[None, :]
+    field /= max(1e-6, np.abs(field).max())
+    return (level * np.clip(1 + variation * field, 0.05, None)).astype(np.float32)
+
+
+def parasitic_streaks(shape, beam_xy, rng: np.random.Generator, level: float, count: int) -> np.ndarray:
+    """Slit/window scattering: thin streaks through the beam centre whose intensity falls off
+    as a power of the distance from the beam."""
+    h, w = shape
+    y = np.arange(h, dtype=np.float32)[:, None] + 0.5 - beam_xy[1]
+    x = np.arange(w, dtype=np.float32)[None, :] + 0.5 - beam_xy[0]
+    r = np.sqrt(x * x + y * y) + 1.0
+    out = np.zeros(shape, dtype=np.float32)
+    for _ in range(count):
+        angle = rng.choice([0.0, np.pi / 2]) + rng.normal(scale=0.05)
+        width = rng.uniform(0.5, 2.0)
+        across = np.abs(x * np.cos(angle) + y * np.sin(angle))
+        out += (level * np.exp(-0.5 * (across / width) ** 2) * (r / 10.0) ** rng.uniform(-2.5, -1.0)).astype(np.float32)
+    return out
+
+
+def poisson_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Photon counting: Poisson(expected), float32."""
+    return rng.poisson(np.clip(expected, 0, 1e12)).astype(np.float32)
+
+
+def ccd_readout(counts: np.ndarray, rng: np.random.Generator, dark_offset: float, read_noise: float,
+                gain: float) -> np.ndarray:
+    """CCD: counts × gain (ADU per photon) + dark offset + Gaussian read noise (ADU)."""
+    noise = rng.normal(scale=read_noise, size=counts.shape).astype(np.float32)
+    return counts * gain + dark_offset + noise
+
+
+def add_zingers(image: np.ndarray, rng: np.random.Generator, rate: float, max_count: float) -> int:
+    """Cosmic rays / zingers: rare single very bright pixels (in place). Returns how many."""
+    n = rng.poisson(rate * image.size)
+    if n:
+        idx = rng.integers(0, image.size, n)
+        image.flat[idx] += rng.uniform(0.1, 1.0, n).astype(np.float32) * max_count
+    return int(n)
+
+
+def add_bad_pixels(image: np.ndarray, rng: np.random.Generator, hot_fraction: float, dead_fraction: float,
+                   max_count: float) -> tuple[int, int]:
+    """Hot pixels (stuck near full scale) and dead pixels (0), in place."""
+    n_hot = rng.binomial(image.size, hot_fraction)
+    n_dead = rng.binomial(image.size, dead_fraction)
+    if n_hot:
+        image.flat[rng.integers(0, image.size, n_hot)] = max_count * rng.uniform(0.5, 1.0)
+    if n_dead:
+        image.flat[rng.integers(0, image.size, n_dead)] = 0
+    return int(n_hot), int(n_dead)
+
+
+def point_spread(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Detector point-spread (charge sharing, phosphor blur in CCDs)."""
+    if sigma_px <= 0.05:
+        return image
+    return gaussian_filter(image, sigma_px, mode="nearest")

@@ -1,0 +1,175 @@
+"""Detector geometry: energy, distance, pixels and beam centre → q and χ per pixel.
+
+Conventions (physics.md): λ[Å] = 12.3984 / E[keV], k = 2π/λ; a pixel at distance r
+(metres) from the beam centre on a flat detector normal to the beam at distance d has
+2θ = arctan(r / d) and q = 2k·sin θ (Å⁻¹). χ = atan2(x − x0, −(y − y0)), so χ = 0 points
+up (towards row 0) and grows clockwise. Pixel centres sit at index + 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+HC_KEV_ANGSTROM = 12.398419843  # h·c in keV·Å (CODATA 2018)
+
+
+@dataclass(frozen=True)
+class DetectorModel:
+    """A real detector's native layout.
+
+    Module sizes and gaps from the manufacturers' data sheets (as pyFAI's detector
+    definitions use them): Pilatus module 487 × 195 px (w × h), gaps 7 px between
+    module columns and 17 px between module rows, 172 µm pixels; Eiger module
+    1030 × 514 px, gaps 10 px (columns) and 37 px (rows), 75 µm pixels.
+    """
+
+    name: str
+    width: int  # native pixels
+    height: int
+    pixel_size_m: float
+    module_width: int = 0  # 0 → no modules (CCD, image plate)
+    module_height: int = 0
+    gap_x: int = 0
+    gap_y: int = 0
+    kind: str = "pixel"  # "pixel" (photon counting, no read noise) or "ccd" (dark offset, read noise)
+    max_count: int = 1_048_575  # 20-bit Pilatus counter; 65535 for 16-bit CCDs
+
+
+def _pilatus(name: str, modules_x: int, modules_y: int) -> DetectorModel:
+    return DetectorModel(name, 487 * modules_x + 7 * (modules_x - 1), 195 * modules_y + 17 * (modules_y - 1),
+                         172e-6, 487, 195, 7, 17, "pixel", 1_048_575)
+
+
+def _eiger(name: str, modules_x: int, modules_y: int) -> DetectorModel:
+    return DetectorModel(name, 1030 * modules_x + 10 * (modules_x - 1), 514 * modules_y + 37 * (modules_y - 1),
+                         75e-6, 1030, 514, 10, 37, "pixel", 4_294_967_295)
+
+
+DETECTORS: dict[str, DetectorModel] = {
+    d.name: d
+    for d in (
+        _pilatus("Pilatus300K", 1, 3),   # 487 × 619
+        _pilatus("Pilatus1M", 2, 5),     # 981 × 1043
+        _pilatus("Pilatus2M", 3, 8),     # 1475 × 1679
+        _eiger("Eiger1M", 1, 2),         # 1030 × 1065
+        _eiger("Eiger4M", 2, 4),         # 2070 × 2167
+        DetectorModel("MarCCD165", 2048, 2048, 79e-6, kind="ccd", max_count=65535),
+        DetectorModel("PhotonicScience", 1042, 1042, 101.7e-6, kind="ccd", max_count=65535),
+        DetectorModel("Rayonix-MX225", 3072, 3072, 73e-6, kind="ccd", max_count=65535),
+    )
+}
+
+
+def wavelength_angstrom(energy_kev: float) -> float:
+    """X-ray wavelength (Å) from photon energy (keV)."""
+    return HC_KEV_ANGSTROM / energy_kev
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A binned detector image and its scattering geometry.
+
+    Attributes:
+        energy_kev: photon energy (keV).
+        distance_m: sample–detector distance (m).
+        pixel_size_m: size of one (binned) image pixel (m).
+        height, width: image shape (px).
+        beam_x, beam_y: beam centre (px, column and row, pixel centres at index + 0.5);
+            may lie outside the image.
+    """
+
+    energy_kev: float
+    distance_m: float
+    pixel_size_m: float
+    height: int
+    width: int
+    beam_x: float
+    beam_y: float
+
+    @property
+    def wavelength(self) -> float:
+        return wavelength_angstrom(self.energy_kev)
+
+    @property
+    def k(self) -> float:
+        """Wave number 2π/λ (Å⁻¹)."""
+        return 2 * np.pi / self.wavelength
+
+    def radius_px_map(self) -> np.ndarray:
+        """(H, W) float32 distance of each pixel centre from the beam centre (px)."""
+        y = np.arange(self.height, dtype=np.float32)[:, None] + 0.5 - self.beam_y
+        x = np.arange(self.width, dtype=np.float32)[None, :] + 0.5 - self.beam_x
+        return np.sqrt(x * x + y * y)
+
+    def q_from_radius_px(self, radius_px) -> np.ndarray:
+        """Radius on the detector (px) → q (Å⁻¹)."""
+        two_theta = np.arctan(np.asarray(radius_px, dtype=np.float64) * self.pixel_size_m / self.distance_m)
+        return 2 * self.k * np.sin(two_theta / 2)
+
+    def radius_px_from_q(self, q) -> np.ndarray:
+        """q (Å⁻¹) → radius on the detector (px); NaN where 2θ ≥ 90° (not on a flat detector)."""
+        s = np.asarray(q, dtype=np.float64) / (2 * self.k)
+        with np.errstate(invalid="ignore"):
+            two_theta = 2 * np.arcsin(np.where(s < 1, s, np.nan))
+            r = np.where(two_theta < np.pi / 2, np.tan(two_theta) * self.distance_m / self.pixel_size_m, np.nan)
+        return r
+
+    def q_map(self) -> np.ndarray:
+        """(H, W) float32 |q| of each pixel centre (Å⁻¹)."""
+        return self.q_from_radius_px(self.radius_px_map()).astype(np.float32)
+
+    def chi_map(self) -> np.ndarray:
+        """(H, W) float32 azimuth χ (radians, 0 = up, clockwise positive)."""
+        y = np.arange(self.height, dtype=np.float32)[:, None] + 0.5 - self.beam_y
+        x = np.arange(self.width, dtype=np.float32)[None, :] + 0.5 - self.beam_x
+        return np.arctan2(x, -y).astype(np.float32)
+
+    def beam_on_image(self) -> bool:
+        return 0.0 <= self.beam_x < self.width and 0.0 <= self.beam_y < self.height
+
+    def q_range(self) -> tuple[float, float]:
+        """(q at the image pixel nearest the beam, q at the farthest corner) in Å⁻¹."""
+        cx = np.clip(self.beam_x, 0.5, self.width - 0.5)
+        cy = np.clip(self.beam_y, 0.5, self.height - 0.5)
+        near = np.hypot(cx - self.beam_x, cy - self.beam_y)
+        corners = [(0, 0), (self.width, 0), (0, self.height), (self.width, self.height)]
+        far = max(np.hypot(x - self.beam_x, y - self.beam_y) for x, y in corners)
+        return float(self.q_from_radius_px(near)), float(self.q_from_radius_px(far))
+
+    def to_dict(self) -> dict:
+        return {
+            "energy_kev": round(self.energy_kev, 6), "distance_m": round(self.distance_m, 6),
+            "pixel_size_m": round(self.pixel_size_m, 9), "height": self.height, "width": self.width,
+            "beam_x": round(self.beam_x, 3), "beam_y": round(self.beam_y, 3),
+            "wavelength_angstrom": round(self.wavelength, 6),
+        }
+
+
+def module_gap_mask(detector: DetectorModel, height: int, width: int) -> np.ndarray:
+    """(H, W) bool, True on pixels that lie in an inter-module gap of ``detector`` binned to H × W.
+
+    Native gap edges are scaled to the binned grid and rounded; every gap stays at least
+    one binned pixel wide (binned reductions keep the gaps as masked lines).
+    """
+    mask = np.zeros((height, width), dtype=bool)
+    if not detector.module_width:
+        return mask
+    for axis, (native, module, gap, n_bin) in enumerate(
+        ((detector.height, detector.module_height, detector.gap_y, height),
+         (detector.width, detector.module_width, detector.gap_x, width))
+    ):
+        scale = n_bin / native
+        starts = np.arange(module, native, module + gap)
+        for start in starts:
+            lo = start * scale
+            hi = (start + gap) * scale
+            i0 = int(round(lo))
+            i1 = max(i0 + 1, int(round(hi)))
+            i0, i1 = max(0, i0), min(n_bin, i1)
+            if axis == 0:
+                mask[i0:i1, :] = True
+            else:
+                mask[:, i0:i1] = True
+    return mask

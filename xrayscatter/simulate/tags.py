@@ -1,0 +1,231 @@
+"""The tag rules: which of the 17 attributes an image shows, decided from what was rendered.
+
+All rules live here. They read the *expected* counts of each part of the image (after the
+beamstop shadow, module gaps and geometric factors, before counting noise), so a feature that
+was simulated but hidden (behind the beamstop, off the detector, buried in background or in
+the noise) is not tagged.
+
+A ring peak is *visible* when, at its crest, it adds at least ``RING_SIGMA`` standard
+deviations of the counting noise of everything else and at least ``RING_CONTRAST`` of
+everything else's level there, over at least ``min_pixels`` unmasked pixels. Two visible
+peaks closer than ``RESOLUTION`` × their width count as one (not resolved).
+
+| attribute         | rule |
+|-------------------|------|
+| Beam Off Image    | beam centre outside the image |
+| Circ./Linear/Wedge Beamstop | that beamstop shades (opacity ≥ 0.5) ≥ ``min_pixels``/8 px of the image |
+| Ring              | ≥ 1 visible ring (lattice, ad-hoc, Debye cluster, or a spotty ring with ≥ 3 visible spot px) |
+| Many rings        | > 4 visible resolved rings in the image |
+| BCC / FCC         | a BCC / FCC lattice (powder, spotty, oriented, or Debye cluster) with ≥ 2 visible resolved rings |
+| Higher orders     | a module shows a visible ring and a visible ring at an integer multiple of its q (2nd+ order) |
+| Polycrystalline   | spotty rings: ≥ max(6, min_pixels/4) visible spot pixels |
+| Halo              | a halo crest passes the ring test (with its own broad width) |
+| Structure factor  | an S(q) correlation bump (S_max ≥ 1.12, a local maximum of P·S) visible by the ring test |
+| Diffuse low-q     | ≥ ``min_pixels`` px where the low-q diffuse part is ≥ 10 counts, ≥ 3σ noise of the rest and ≥ 0.5 × the rest |
+| Diffuse high-q    | the same for the high-q diffuse part |
+| Strong scattering | sample part: max > 1000 counts or mean > 5 counts over unshaded pixels |
+| Weak scattering   | not strong, and sample part: max < 10 counts, or its 99th percentile below the mean background |
+| High background   | background: mean > 1000 or max > 10⁴ counts |
+
+``min_pixels`` = max(4, 400 · H·W / 1024²): the reference generator's 400 px on a 1024² frame,
+scaled with the image area.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xrayscatter.attributes import ATTRIBUTES
+from xrayscatter.simulate.lattices import RingPeak, is_higher_order
+
+RING_SIGMA = 3.0
+RING_CONTRAST = 0.1
+RING_MIN_COUNTS = 2.0
+RESOLUTION = 0.75
+DIFFUSE_MIN_COUNTS = 10.0
+STRONG_MAX, STRONG_MEAN = 1000.0, 5.0
+WEAK_MAX = 10.0
+HIGH_BACKGROUND_MEAN, HIGH_BACKGROUND_MAX = 1000.0, 1e4
+STRUCTURE_FACTOR_MIN_PEAK = 1.12
+
+
+@dataclass
+class RingEvidence:
+    """A ring peak scaled to counts, with where it came from."""
+
+    peak: RingPeak
+    crest_counts: float  # at the crest of the 1-D profile, before beamstop and geometric factor
+    crest_factor: float  # angular crest (arcs), 1 when isotropic
+    module: int  # index of the module in the image
+    lattice: str  # "BCC", "FCC", ..., "LAM" for ad-hoc orders, "" when not a lattice
+    role: str  # "ring", "spots" or "halo"
+
+
+@dataclass
+class SceneForTags:
+    """What the rules read; built by the generator."""
+
+    shape: tuple[int, int]
+    open_mask: np.ndarray  # (H, W) bool: unmasked and not behind the beamstop
+    q_bin: np.ndarray  # (H, W) int32
+    bin_edges: np.ndarray
+    geometric_factor: np.ndarray  # (H, W)
+    total: np.ndarray  # (H, W) expected counts of everything (after transmission, gaps)
+    sample: np.ndarray  # (H, W) sample part
+    background: np.ndarray  # (H, W) background part
+    roles: dict[str, np.ndarray]  # role → (H, W) expected counts
+    piece_images: list[np.ndarray]  # per ring/spots/halo piece, aligned with ring evidence pieces
+    rings: list[tuple[int, RingEvidence]]  # (piece index, evidence)
+    structure_factor: list[dict] = field(default_factory=list)  # {"q", "s_max", "bump", "piece"}
+    beam_on_image: bool = True
+    beamstop_kind: str = "none"
+    beamstop_pixels: int = 0
+
+    @property
+    def min_pixels(self) -> float:
+        return max(4.0, 400.0 * self.shape[0] * self.shape[1] / 1024**2)
+
+
+def _bin_stats(scene: SceneForTags, image: np.ndarray):
+    """Per radial bin over open pixels: (pixel count, mean of ``image``, mean geometric factor)."""
+    idx = scene.q_bin[scene.open_mask]
+    n_bins = len(scene.bin_edges) - 1
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    total = np.bincount(idx, weights=image[scene.open_mask], minlength=n_bins)
+    gf = np.bincount(idx, weights=scene.geometric_factor[scene.open_mask], minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return count, np.where(count > 0, total / count, 0.0), np.where(count > 0, gf / count, 0.0)
+
+
+def visible_rings(scene: SceneForTags) -> list[RingEvidence]:
+    """Every ring-like peak (rings, spotty rings, halos) that passes the visibility test."""
+    out = []
+    edges = scene.bin_edges
+    bin_width = edges[1] - edges[0]
+    cache: dict[int, tuple] = {}
+    for piece_index, ev in scene.rings:
+        if piece_index not in cache:
+            cache[piece_index] = _bin_stats(scene, scene.total - scene.piece_images[piece_index])
+        count, rest_mean, gf_mean = cache[piece_index]
+        b = int(np.searchsorted(edges, ev.peak.q, side="right") - 1)
+        if not 0 <= b < len(count) or count[b] == 0:
+            continue
+        rest = rest_mean[b]
+        if ev.role == "spots":
+            # count visible spot pixels near the ring radius
+            img = scene.piece_images[piece_index]
+            lo = np.searchsorted(edges, ev.peak.q - max(ev.peak.fwhm, 2 * bin_width), side="right") - 1
+            hi = np.searchsorted(edges, ev.peak.q + max(ev.peak.fwhm, 2 * bin_width), side="right") - 1
+            near = scene.open_mask & (scene.q_bin >= lo) & (scene.q_bin <= hi)
+            rest_img = scene.total - img
+            vis = near & (img >= RING_SIGMA * np.sqrt(rest_img + 1)) & (img >= RING_CONTRAST * 2 * rest_img) & (img >= RING_MIN_COUNTS)
+            if vis.sum() >= 3:
+                out.append(ev)
+            continue
+        crest = ev.crest_counts * ev.crest_factor * gf_mean[b]
+        n_pixels = count[b] * min(1.0, ev.peak.fwhm / bin_width) / ev.crest_factor
+        if (crest >= RING_SIGMA * np.sqrt(rest + 1.0) and crest >= RING_CONTRAST * rest
+                and crest >= RING_MIN_COUNTS and n_pixels >= min(scene.min_pixels, 12)):
+            out.append(ev)
+    return out
+
+
+def resolved_count(peaks: list[RingEvidence]) -> int:
+    """Number of distinct rings after merging peaks closer than RESOLUTION × width."""
+    items = sorted((p.peak.q, p.peak.fwhm) for p in peaks)
+    n, last_q, last_w = 0, -np.inf, 0.0
+    for q, w in items:
+        if q - last_q > RESOLUTION * max(w, last_w):
+            n += 1
+            last_q, last_w = q, w
+    return n
+
+
+def _diffuse_visible(scene: SceneForTags, role: str) -> bool:
+    part = scene.roles.get(role)
+    if part is None:
+        return False
+    rest = scene.total - part
+    ok = (scene.open_mask & (part >= DIFFUSE_MIN_COUNTS) & (part >= RING_SIGMA * np.sqrt(rest + 1))
+          & (part >= 0.5 * rest))
+    return int(ok.sum()) >= scene.min_pixels
+
+
+def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
+    """Apply every rule. Returns (tags in ATTRIBUTES order, evidence dict for the record)."""
+    tags: set[str] = set()
+    evidence: dict = {}
+    if not scene.beam_on_image:
+        tags.add("Beam Off Image")
+    if scene.beamstop_kind != "none" and scene.beamstop_pixels >= max(3.0, scene.min_pixels / 8):
+        tags.add({"circular": "Circ. Beamstop", "linear": "Linear beamstop", "wedge": "Wedge beamstop"}[scene.beamstop_kind])
+
+    visible = visible_rings(scene)
+    rings = [v for v in visible if v.role in ("ring", "spots")]
+    halos = [v for v in visible if v.role == "halo"]
+    n_resolved = resolved_count(rings)
+    evidence["visible_rings"] = [round(v.peak.q, 6) for v in rings]
+    evidence["resolved_rings"] = n_resolved
+    if rings:
+        tags.add("Ring")
+    if n_resolved > 4:
+        tags.add("Many rings")
+    if halos:
+        tags.add("Halo")
+    by_module: dict[int, list[RingEvidence]] = {}
+    for v in rings:
+        by_module.setdefault(v.module, []).append(v)
+    for peaks in by_module.values():
+        lattice = peaks[0].lattice
+        if lattice in ("BCC", "FCC") and resolved_count(peaks) >= 2:
+            tags.add(lattice)
+        families = {}
+        for p in peaks:
+            families.setdefault(p.peak.family, set()).add(p.peak.n)
+        for family, ns in families.items():
+            kind = "LAM" if family.startswith("adhoc") else lattice
+            if kind and any(is_higher_order(kind, a, b) for a in ns for b in ns if b > a):
+                tags.add("Higher orders")
+    spot_img = scene.roles.get("spots")
+    if spot_img is not None:
+        rest = scene.total - spot_img
+        vis = (scene.open_mask & (spot_img >= RING_SIGMA * np.sqrt(rest + 1)) & (spot_img >= RING_CONTRAST * 2 * rest)
+               & (spot_img >= RING_MIN_COUNTS))
+        evidence["visible_spot_pixels"] = int(vis.sum())
+        if vis.sum() >= max(6.0, scene.min_pixels / 4):
+            tags.add("Polycrystalline")
+
+    for sf in scene.structure_factor:
+        if sf["s_max"] < STRUCTURE_FACTOR_MIN_PEAK or not sf["bump"]:
+            continue
+        img = scene.piece_images[sf["piece"]]
+        count, rest_mean, gf_mean = _bin_stats(scene, scene.total - img)
+        _, own_mean, _ = _bin_stats(scene, img)
+        b = int(np.searchsorted(scene.bin_edges, sf["q"], side="right") - 1)
+        if 0 <= b < len(count) and count[b] >= 1:
+            own, rest = own_mean[b], rest_mean[b]
+            if own >= RING_SIGMA * np.sqrt(rest + 1) and own >= RING_CONTRAST * rest and own >= RING_MIN_COUNTS:
+                tags.add("Structure factor")
+
+    if _diffuse_visible(scene, "diffuse_low"):
+        tags.add("Diffuse low-q")
+    if _diffuse_visible(scene, "diffuse_high"):
+        tags.add("Diffuse high-q")
+
+    open_sample = scene.sample[scene.open_mask]
+    open_bg = scene.background[scene.open_mask]
+    if open_sample.size:
+        s_max, s_mean = float(open_sample.max()), float(open_sample.mean())
+        s_p99 = float(np.percentile(open_sample, 99))
+        bg_mean, bg_max = float(open_bg.mean()), float(open_bg.max())
+        evidence.update(sample_max=round(s_max, 3), sample_mean=round(s_mean, 4), sample_p99=round(s_p99, 4),
+                        background_mean=round(bg_mean, 4), background_max=round(bg_max, 3))
+        if s_max > STRONG_MAX or s_mean > STRONG_MEAN:
+            tags.add("Strong scattering")
+        elif s_max < WEAK_MAX or s_p99 < bg_mean:  # strong and weak exclude each other
+            tags.add("Weak scattering")
+        if bg_mean > HIGH_BACKGROUND_MEAN or bg_max > HIGH_BACKGROUND_MAX:
+            tags.add("High background")
+    return [a for a in ATTRIBUTES if a in tags], evidence
