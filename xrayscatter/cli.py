@@ -7,6 +7,7 @@ does not load TensorFlow.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,9 @@ from typing import Optional
 import typer
 
 from xrayscatter.errors import XrayscatterError
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) is not for users; errors still surface.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_PIPELINE = "pipelines/default.toml"
 

@@ -95,8 +95,10 @@ class AutoencoderConfig:
     epochs: int = 5
     steps_per_epoch: int = 0
     learning_rate: float = 1e-3
-    spm_stride: int = 16  # dense grid stride (px) for SPM features
+    spm_stride: int = 16  # dense grid stride (px) for SPM features; a multiple of patch_size / 4
     spm_levels: tuple[int, ...] = (1, 2, 4)
+    base_filters: int = 32  # encoder widths base · (1, 2, 4); the decoder mirrors them
+    heldout_fraction: float = 0.1  # images of a real-image folder held out for the reconstruction error
     real_images_dir: str = ""  # train on a folder of real detector images instead of the TFRecords
     output_dir: str = "saved_models/autoencoder"
     log_dir: str = "logs/autoencoder"
@@ -108,6 +110,17 @@ class AutoencoderConfig:
                "autoencoder.scales", "must be a non-empty list of sizes ≥ patch_size")
         _check(self.patches_per_image >= 1, where, "autoencoder.patches_per_image", "must be ≥ 1")
         _check(self.epochs >= 1, where, "autoencoder.epochs", "must be ≥ 1")
+        _check(self.patch_size >= 16 and self.patch_size & (self.patch_size - 1) == 0, where,
+               "autoencoder.patch_size", "must be a power of two ≥ 16 (the encoder halves it down to 3 × 3)")
+        _check(self.spm_stride >= 1 and self.spm_stride % (self.patch_size // 4) == 0, where,
+               "autoencoder.spm_stride", f"must be a multiple of patch_size / 4 = {self.patch_size // 4}")
+        _check(len(self.spm_levels) >= 1 and all(n >= 1 for n in self.spm_levels), where,
+               "autoencoder.spm_levels", "must be a non-empty list of cells per side ≥ 1")
+        _check(self.batch_size >= 1, where, "autoencoder.batch_size", "must be ≥ 1")
+        _check(self.steps_per_epoch >= 0, where, "autoencoder.steps_per_epoch", "must be ≥ 0")
+        _check(self.learning_rate > 0, where, "autoencoder.learning_rate", "must be > 0")
+        _check(self.base_filters >= 1, where, "autoencoder.base_filters", "must be ≥ 1")
+        _check(0 <= self.heldout_fraction < 1, where, "autoencoder.heldout_fraction", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,429 @@
+"""Tag a folder of real detector images with a SavedModel: ``xrayscatter predict DIR/``.
+
+Files are read by a pool of threads (:func:`xrayscatter.readers.read_detector_image`)
+while the main thread runs the model, so reading overlaps inference. Images of the
+same shape are batched together (the model takes raw counts of any size and pads and
+resizes in its graph, so images of different sizes go into different batches rather
+than being padded here, which would change what the model sees).
+
+Exit codes of the command (``predict_directory`` returns the failures; the CLI maps):
+
+* 0 — every file was read and tagged;
+* 1 — some files could not be read (each is named with its reason; the others are tagged);
+* 2 — nothing was done: missing or empty folder, missing or unusable model, bad option.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from xrayscatter.attributes import ATTRIBUTES, slug
+from xrayscatter.errors import XrayscatterError
+from xrayscatter.readers import UnreadableImageError, list_detector_files, read_detector_image
+
+DEFAULT_MODEL_ROOT = Path("saved_models")
+# Searched in this order when --model is not given: the attribute model of the
+# evaluation (SVMs on the learned features) if it exists, else the ResNet.
+DEFAULT_MODEL_NAMES = ("attributes", "resnet")
+DEFAULT_THRESHOLD = 0.5
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+TABLE_ROWS = 200  # rows shown on the terminal; the output file has them all
+TOP_ATTRIBUTES = 3
+
+
+# --------------------------------------------------------------------------- the model
+def newest_version(model_dir: Path) -> Path | None:
+    """The integer-named subfolder of ``model_dir`` with the largest number holding a SavedModel."""
+    versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()] \
+        if model_dir.is_dir() else []
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
+def resolve_model_dir(model: str | Path | None = None, root: str | Path = DEFAULT_MODEL_ROOT) -> Path:
+    """The SavedModel folder to use.
+
+    Args:
+        model: a SavedModel folder (holding ``saved_model.pb``) or a model folder of
+            integer versions (the newest is taken); None → the newest version of
+            ``root/attributes`` if present, else of ``root/resnet``.
+        root: where the project's models live.
+
+    Raises:
+        XrayscatterError: nothing usable there (the message says where it looked).
+    """
+    if model is not None:
+        model = Path(model)
+        if (model / "saved_model.pb").is_file():
+            return model
+        version = newest_version(model)
+        if version is not None:
+            return version
+        if not model.exists():
+            raise XrayscatterError(f"{model}: model folder not found")
+        raise XrayscatterError(f"{model}: not a SavedModel (no saved_model.pb in it or in an integer version "
+                               "subfolder)")
+    root = Path(root)
+    for name in DEFAULT_MODEL_NAMES:
+        version = newest_version(root / name)
+        if version is not None:
+            return version
+    looked = " or ".join(f"{root / name}/<version>/" for name in DEFAULT_MODEL_NAMES)
+    raise XrayscatterError(f"{root}: no trained model found (looked for {looked}); run 'xrayscatter train resnet' "
+                           "or pass --model")
+
+
+class TaggingModel:
+    """A SavedModel's ``serving_default`` signature with its attribute names and thresholds.
+
+    The signature takes ``images`` float32 (batch, height, width) raw counts (NaN or
+    negative = missing) and returns either ``probabilities`` (ResNet) or ``scores``
+    and ``decisions`` (attribute model), shape (batch, A).
+
+    Attributes:
+        path: the SavedModel folder.
+        attributes: A attribute names (from ``assets.extra/metadata.json``).
+        thresholds: (A,) float32; yes when score ≥ threshold (used unless the model
+            outputs its own ``decisions``).
+        score_name: ``"probability"`` or ``"score"`` (what the numbers are).
+    """
+
+    def __init__(self, path: str | Path):
+        import tensorflow as tf
+
+        self.path = Path(path)
+        metadata = _read_metadata(self.path)
+        try:
+            self._loaded = tf.saved_model.load(str(self.path))
+        except Exception as e:  # noqa: BLE001 - TF raises many types for a broken SavedModel
+            raise XrayscatterError(f"{self.path}: cannot load the SavedModel ({type(e).__name__}: {e})") from None
+        signature = self._loaded.signatures.get("serving_default")
+        if signature is None:
+            raise XrayscatterError(f"{self.path}: the SavedModel has no 'serving_default' signature "
+                                   f"(it has {sorted(self._loaded.signatures)})")
+        inputs = signature.structured_input_signature[1]
+        if list(inputs) != ["images"]:
+            raise XrayscatterError(f"{self.path}: 'serving_default' takes {sorted(inputs)}, expected 'images'")
+        outputs = signature.structured_outputs
+        if "probabilities" in outputs:
+            self._score_key, self.score_name = "probabilities", "probability"
+        elif "scores" in outputs:
+            self._score_key, self.score_name = "scores", "score"
+        else:
+            raise XrayscatterError(f"{self.path}: 'serving_default' outputs {sorted(outputs)}, expected "
+                                   "'probabilities' or 'scores'")
+        self._decision_key = "decisions" if "decisions" in outputs else None
+        self._signature = signature
+        num_attributes = int(outputs[self._score_key].shape[-1])
+        self.attributes = _attribute_names(metadata, num_attributes, self.path)
+        self.thresholds = _thresholds(metadata, self.attributes, self.path)
+        self.input_size = metadata.get("input_size")
+
+    def __call__(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, H, W) float32 counts → scores (B, A) float32 and decisions (B, A) int32 0/1."""
+        import tensorflow as tf
+
+        outputs = self._signature(images=tf.constant(counts, tf.float32))
+        scores = outputs[self._score_key].numpy()
+        if self._decision_key is not None:
+            decisions = outputs[self._decision_key].numpy().astype(np.int32)
+        else:
+            decisions = (scores >= self.thresholds).astype(np.int32)
+        return scores, decisions
+
+
+def _read_metadata(path: Path) -> dict:
+    metadata_file = path / "assets.extra" / "metadata.json"
+    if not (path / "saved_model.pb").is_file():
+        raise XrayscatterError(f"{path}: not a SavedModel (no saved_model.pb)")
+    if not metadata_file.is_file():
+        return {}
+    try:
+        return json.loads(metadata_file.read_text())
+    except (OSError, ValueError) as e:
+        raise XrayscatterError(f"{metadata_file}: unreadable model metadata ({e})") from None
+
+
+def _attribute_names(metadata: dict, count: int, path: Path) -> tuple[str, ...]:
+    names = metadata.get("attributes")
+    if names is None:
+        if count == len(ATTRIBUTES):
+            return ATTRIBUTES
+        return tuple(f"attribute_{i}" for i in range(count))
+    if len(names) != count:
+        raise XrayscatterError(f"{path}: metadata lists {len(names)} attributes but the model outputs {count}")
+    return tuple(names)
+
+
+def _thresholds(metadata: dict, attributes: tuple[str, ...], path: Path) -> np.ndarray:
+    """Per-attribute decision thresholds from metadata ``thresholds`` (list or {name: value}); 0.5 if absent."""
+    stored = metadata.get("thresholds")
+    if stored is None:
+        return np.full(len(attributes), DEFAULT_THRESHOLD, np.float32)
+    if isinstance(stored, dict):
+        return np.array([float(stored.get(name, DEFAULT_THRESHOLD)) for name in attributes], np.float32)
+    if len(stored) != len(attributes):
+        raise XrayscatterError(f"{path}: metadata has {len(stored)} thresholds for {len(attributes)} attributes")
+    return np.asarray(stored, np.float32)
+
+
+# --------------------------------------------------------------------------- reading ahead
+@dataclass
+class ImageResult:
+    """One file's outcome: scores and decisions (A,), or the reason it failed."""
+
+    path: Path
+    scores: np.ndarray | None = None
+    decisions: np.ndarray | None = None
+    error: str | None = None
+
+
+def _read_one(path: Path) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return read_detector_image(path), None
+    except UnreadableImageError as e:
+        return None, e.reason
+    except MemoryError:
+        return None, "unreadable (too large for memory)"
+    except Exception as e:  # noqa: BLE001 - one bad file must never stop the batch
+        return None, f"unreadable ({type(e).__name__}: {e})"
+
+
+def read_ahead(paths: Iterable[Path], workers: int, lookahead: int) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """Yield (path, counts or None, reason or None) in order while ``workers`` threads read ahead.
+
+    At most ``lookahead`` files are being read or waiting, which bounds memory.
+    """
+    paths = iter(paths)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as pool:
+        pending = deque((p, pool.submit(_read_one, p)) for p in islice(paths, lookahead))
+        while pending:
+            path, future = pending.popleft()
+            following = next(paths, None)
+            if following is not None:
+                pending.append((following, pool.submit(_read_one, following)))
+            yield (path, *future.result())
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1)))
+
+
+# --------------------------------------------------------------------------- the command
+def predict_directory(
+    directory: str | Path,
+    model: str | Path | None = None,
+    output: str | Path | None = None,
+    recursive: bool = False,
+    glob: str | None = None,
+    batch_size: int = 16,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> list[tuple[Path, str]]:
+    """Tag every detector image of a folder; print a table; optionally write CSV/JSON Lines.
+
+    Args:
+        directory: folder of detector files (see :func:`xrayscatter.readers.list_detector_files`).
+        model: SavedModel folder or model folder of versions; None → newest under saved_models/.
+        output: ``.csv`` or ``.jsonl`` file, one row per file (failed files have an ``error``),
+            every attribute's score and 0/1 decision; written atomically.
+        recursive, glob: which files (see ``list_detector_files``).
+        batch_size: images per forward pass.
+        workers: reading threads (default: min(4, CPUs)).
+        quiet: no table or progress bar (benchmarks).
+
+    Returns:
+        The failures, [(path, reason)], in file order (empty when all were tagged).
+
+    Raises:
+        XrayscatterError: folder missing or without images, model missing or unusable,
+            bad output name or batch size. Nothing is written then.
+    """
+    if batch_size < 1:
+        raise XrayscatterError(f"--batch-size must be ≥ 1, got {batch_size}")
+    output_format = _output_format(output) if output is not None else None
+    paths = list_detector_files(directory, recursive=recursive, glob=glob)
+    tagging_model = TaggingModel(resolve_model_dir(model))
+
+    started = time.perf_counter()
+    results = run_predictions(tagging_model, paths, batch_size=batch_size,
+                              workers=workers or _default_workers(), show_progress=not quiet)
+    seconds = time.perf_counter() - started
+
+    if output is not None:
+        write_predictions(results, tagging_model, Path(output), output_format)
+    if not quiet:
+        print_summary(results, tagging_model, Path(directory), seconds, output)
+    return [(r.path, r.error) for r in results if r.error is not None]
+
+
+def run_predictions(model: TaggingModel, paths: list[Path], batch_size: int = 16, workers: int = 2,
+                    show_progress: bool = True) -> list[ImageResult]:
+    """Read and tag ``paths``; one :class:`ImageResult` per path, in the same order."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    results = [ImageResult(path) for path in paths]
+    batches: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}  # same-shape images waiting
+
+    progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
+                        console=Console(stderr=True), disable=not show_progress, transient=True)
+    with progress:
+        task = progress.add_task("predict", total=len(paths), rate="–")
+        started = time.perf_counter()
+        done = 0
+
+        def run(batch: list[tuple[int, np.ndarray]]) -> None:
+            nonlocal done
+            indices = [i for i, _ in batch]
+            try:
+                scores, decisions = model(np.stack([counts for _, counts in batch]))
+            except Exception as e:  # noqa: BLE001 - a failed batch is reported per file, others go on
+                for i in indices:
+                    results[i].error = f"prediction failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+            else:
+                for row, i in enumerate(indices):
+                    results[i].scores, results[i].decisions = scores[row], decisions[row]
+            done += len(batch)
+            progress.update(task, advance=len(batch), rate=f"{done / (time.perf_counter() - started):.1f}")
+
+        lookahead = 2 * batch_size + workers
+        for index, (path, counts, reason) in enumerate(read_ahead(paths, workers, lookahead)):
+            if reason is not None:
+                results[index].error = reason
+                progress.advance(task)
+                continue
+            group = batches.setdefault(counts.shape, [])
+            group.append((index, counts))
+            if len(group) == batch_size:
+                run(batches.pop(counts.shape))
+        for shape in list(batches):
+            run(batches.pop(shape))
+    return results
+
+
+# --------------------------------------------------------------------------- output
+def _output_format(output: str | Path) -> str:
+    suffix = Path(output).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise XrayscatterError(f"{output}: unknown output format '{suffix}' (use .csv or .jsonl)")
+    return OUTPUT_FORMATS[suffix]
+
+
+def prediction_rows(results: list[ImageResult], model: TaggingModel) -> list[dict]:
+    """One flat dict per file: file, error, tags, then ``<slug>_<score name>`` and ``<slug>_decision``."""
+    rows = []
+    for result in results:
+        row = {"file": str(result.path), "error": result.error or "", "tags": ""}
+        if result.error is None:
+            row["tags"] = ";".join(n for n, d in zip(model.attributes, result.decisions) if d)
+        for i, name in enumerate(model.attributes):
+            ok = result.error is None
+            row[f"{slug(name)}_{model.score_name}"] = f"{result.scores[i]:.6g}" if ok else ""
+            row[f"{slug(name)}_decision"] = int(result.decisions[i]) if ok else ""
+        rows.append(row)
+    return rows
+
+
+def prediction_records(results: list[ImageResult], model: TaggingModel) -> list[dict]:
+    """One JSON-able dict per file: file, error, tags, {name: score}, {name: 0/1}."""
+    key = "probabilities" if model.score_name == "probability" else "scores"
+    records = []
+    for result in results:
+        if result.error is not None:
+            records.append({"file": str(result.path), "error": result.error})
+            continue
+        records.append({
+            "file": str(result.path),
+            "error": None,
+            "tags": [n for n, d in zip(model.attributes, result.decisions) if d],
+            key: {n: float(s) for n, s in zip(model.attributes, result.scores)},
+            "decisions": {n: int(d) for n, d in zip(model.attributes, result.decisions)},
+        })
+    return records
+
+
+def write_predictions(results: list[ImageResult], model: TaggingModel, output: Path, output_format: str) -> Path:
+    """Write CSV or JSON Lines to ``output`` atomically (temporary name in the same folder, then rename)."""
+    buffer = io.StringIO(newline="")
+    if output_format == "csv":
+        rows = prediction_rows(results, model)
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for record in prediction_records(results, model):
+            buffer.write(json.dumps(record) + "\n")
+    write_text_atomically(output, buffer.getvalue())
+    return output
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise XrayscatterError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def print_summary(results: list[ImageResult], model: TaggingModel, directory: Path, seconds: float,
+                  output: str | Path | None) -> None:
+    """Terminal table (file, tags, top attributes) on stdout, failures with reasons, one summary line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    tagged = [r for r in results if r.error is None]
+    failed = [r for r in results if r.error is not None]
+
+    def name(path: Path) -> str:
+        try:
+            return str(path.relative_to(directory))
+        except ValueError:
+            return str(path)
+
+    if tagged:
+        table = Table(title=f"{len(tagged)} image(s) tagged by {model.path}")
+        table.add_column("file", overflow="fold")
+        table.add_column("tags (yes)", overflow="fold")
+        table.add_column(f"top {TOP_ATTRIBUTES} ({model.score_name})", overflow="fold")
+        for result in tagged[:TABLE_ROWS]:
+            order = np.argsort(-result.scores)[:TOP_ATTRIBUTES]
+            top = ", ".join(f"{model.attributes[i]} {result.scores[i]:.2f}" for i in order)
+            tags = ", ".join(n for n, d in zip(model.attributes, result.decisions) if d) or "–"
+            table.add_row(name(result.path), tags, top)
+        console.print(table)
+        if len(tagged) > TABLE_ROWS:
+            console.print(f"… and {len(tagged) - TABLE_ROWS} more (all rows are in --output)")
+    if failed:
+        table = Table(title=f"{len(failed)} file(s) not tagged", title_style="bold red")
+        table.add_column("file", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for result in failed:
+            table.add_row(name(result.path), result.error)
+        console.print(table)
+    rate = len(tagged) / seconds if seconds > 0 else float("nan")
+    line = f"{len(tagged)} tagged, {len(failed)} failed in {seconds:.1f} s ({rate:.1f} images/s)"
+    if output is not None:
+        line += f"; wrote {output}"
+    console.print(line, highlight=False)

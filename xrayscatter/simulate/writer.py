@@ -1,0 +1,282 @@
+"""Write a simulated data set as sharded TFRecords, resumably and in parallel.
+
+Layout (TFDS style)::
+
+    tfrecords/<dataset>/<dataset>-<split>.tfrecord-<i:05d>-of-<n:05d>
+    tfrecords/<dataset>/shard_index/<shard file name>.json   # per-shard summary
+    tfrecords/<dataset>/manifest.json
+
+Splits are made *by run* (all images of a run land in one split). A shard is written to a
+temporary name and renamed when complete, after its summary, so a shard file that exists
+is complete; a killed run, started again, skips complete shards and writes the rest. Each
+image depends only on (seed, image index), so the output is byte-identical whatever the
+number of processes, the order of shards or the interruptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xrayscatter import __version__
+from xrayscatter.attributes import ATTRIBUTES
+from xrayscatter.config import PipelineConfig, SimulateConfig
+from xrayscatter.errors import XrayscatterError
+from xrayscatter.simulate.generator import SIMULATOR_VERSION, simulate_image_from_config
+from xrayscatter.simulate.runs import STREAM_SPLIT, rng_for
+
+SPLITS = ("train", "val", "test")
+INDEX_DIR = "shard_index"
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard: its global number (over all splits, for job arrays), split, file name, images."""
+
+    number: int
+    split: str
+    index: int
+    count: int
+    image_ids: tuple[int, ...]
+
+    def filename(self, dataset: str) -> str:
+        return f"{dataset}-{self.split}.tfrecord-{self.index:05d}-of-{self.count:05d}"
+
+
+def dataset_dir(config: PipelineConfig) -> Path:
+    return Path(config.simulate.output_dir) / config.simulate.dataset
+
+
+def split_runs(sim: SimulateConfig, seed: int) -> dict[str, list[int]]:
+    """Runs of each split: a seeded permutation of the runs, test first, then val, the rest train.
+    Every non-zero fraction gets at least one run (when there are enough runs)."""
+    num_runs = math.ceil(sim.num_images / sim.images_per_run)
+    order = rng_for(seed, STREAM_SPLIT, 0).permutation(num_runs)
+    n_test = max(1, round(sim.test_fraction * num_runs)) if sim.test_fraction > 0 and num_runs >= 3 else 0
+    n_val = max(1, round(sim.val_fraction * num_runs)) if sim.val_fraction > 0 and num_runs >= 3 else 0
+    return {
+        "test": sorted(int(r) for r in order[:n_test]),
+        "val": sorted(int(r) for r in order[n_test:n_test + n_val]),
+        "train": sorted(int(r) for r in order[n_test + n_val:]),
+    }
+
+
+def plan_shards(config: PipelineConfig) -> list[ShardSpec]:
+    """Every shard of the data set, numbered train first, then val, then test."""
+    sim = config.simulate
+    runs = split_runs(sim, config.seed)
+    shards = []
+    for split in SPLITS:
+        ids = [i for r in runs[split] for i in range(r * sim.images_per_run, min((r + 1) * sim.images_per_run, sim.num_images))]
+        count = math.ceil(len(ids) / sim.shard_size)
+        for k in range(count):
+            chunk = tuple(ids[k * sim.shard_size:(k + 1) * sim.shard_size])
+            shards.append(ShardSpec(len(shards), split, k, count, chunk))
+    return shards
+
+
+def split_files(directory: str | Path, split: str) -> list[str]:
+    """Sorted shard paths of one split in a data set folder."""
+    directory = Path(directory)
+    pattern = re.compile(rf"^.+-{re.escape(split)}\.tfrecord-\d{{5}}-of-\d{{5}}$")
+    return sorted(str(p) for p in directory.iterdir() if pattern.match(p.name)) if directory.is_dir() else []
+
+
+def parse_shard_range(text: str) -> list[int]:
+    """'3' → [3]; '0-9' → [0, …, 9]; '0-3,7' → [0, 1, 2, 3, 7]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise XrayscatterError(f"--shards: cannot read '{text}' (use e.g. '3', '0-9' or '0-3,7')") from None
+    return sorted(set(out))
+
+
+def _fingerprint(config: PipelineConfig) -> str:
+    """Hash of what determines the images: a shard from another configuration is never reused."""
+    sim = config.simulate
+    key = {"seed": config.seed, "num_images": sim.num_images, "images_per_run": sim.images_per_run,
+           "image_size": sim.image_size, "val_fraction": sim.val_fraction, "test_fraction": sim.test_fraction,
+           "shard_size": sim.shard_size, "saxs_fraction": sim.saxs_fraction, "simulator_version": SIMULATOR_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) -> dict:
+    """Simulate and write one shard (runs in a worker process). Returns its summary."""
+    import tensorflow as tf  # in the worker only: the parent process stays light
+
+    from xrayscatter.schema import serialize_example
+
+    out_dir = dataset_dir(config)
+    final = out_dir / shard.filename(config.simulate.dataset)
+    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
+    counts = np.zeros(len(ATTRIBUTES), dtype=np.int64)
+    runs = set()
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for image_id in shard.image_ids:
+            image = simulate_image_from_config(config.simulate, config.seed, image_id)
+            writer.write(serialize_example(image.counts, image.labels, image.run_id, image.image_id, image.params))
+            counts += np.asarray(image.labels)
+            runs.add(image.run_id)
+            if progress_queue is not None:
+                progress_queue.put(1)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    summary = {"file": final.name, "split": shard.split, "number": shard.number, "num_images": len(shard.image_ids),
+               "first_image_id": shard.image_ids[0], "last_image_id": shard.image_ids[-1], "runs": sorted(runs),
+               "attribute_counts": {a: int(c) for a, c in zip(ATTRIBUTES, counts)}, "sha256": digest,
+               "fingerprint": _fingerprint(config)}
+    _atomic_write_text(out_dir / INDEX_DIR / f"{final.name}.json", json.dumps(summary, indent=1, sort_keys=True))
+    os.replace(tmp, final)  # the shard appears only now, complete
+    return summary
+
+
+def _shard_done(config: PipelineConfig, shard: ShardSpec) -> bool:
+    out_dir = dataset_dir(config)
+    final = out_dir / shard.filename(config.simulate.dataset)
+    index = out_dir / INDEX_DIR / f"{final.name}.json"
+    if not final.exists():
+        return False
+    try:
+        summary = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # a shard without its summary is rewritten
+    if summary.get("fingerprint") != _fingerprint(config):
+        raise XrayscatterError(
+            f"{final}: written with a different configuration (seed, sizes or simulator version changed); "
+            f"remove {out_dir} or choose another simulate.dataset name")
+    return True
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    for p in out_dir.glob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+
+def simulate_dataset(config: PipelineConfig, shard_selection: list[int] | None = None,
+                     processes: int | None = None, progress: bool = True) -> Path:
+    """Simulate the data set of ``config`` into ``tfrecords/<dataset>/``.
+
+    Args:
+        shard_selection: global shard numbers to write (job arrays); None → all, then the manifest.
+        processes: worker processes (None → config, 0 → all cores; 1 → in this process).
+    Returns:
+        The data set folder.
+    """
+    out_dir = dataset_dir(config)
+    (out_dir / INDEX_DIR).mkdir(parents=True, exist_ok=True)
+    shards = plan_shards(config)
+    if shard_selection is not None:
+        bad = [n for n in shard_selection if not 0 <= n < len(shards)]
+        if bad:
+            raise XrayscatterError(f"--shards: {bad} outside 0-{len(shards) - 1} (this data set has {len(shards)} shards)")
+        shards = [shards[n] for n in shard_selection]
+    _remove_stale_temporaries(out_dir)
+    todo = [s for s in shards if not _shard_done(config, s)]
+    n_proc = config.simulate.processes if processes is None else processes
+    n_proc = n_proc or os.cpu_count() or 1
+    n_proc = max(1, min(n_proc, len(todo))) if todo else 1
+    total = sum(len(s.image_ids) for s in todo)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]simulate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn())
+    skipped = len(shards) - len(todo)
+    description = f"{config.simulate.dataset} ({len(todo)} shards, {skipped} already complete, {n_proc} processes)"
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        if n_proc == 1:
+            for shard in todo:
+                _write_shard(config, shard)
+                bar.advance(task, len(shard.image_ids))
+        else:
+            context = multiprocessing.get_context("spawn")  # no fork after threads/TensorFlow
+            with context.Manager() as manager:
+                queue = manager.Queue()
+                with ProcessPoolExecutor(n_proc, mp_context=context) as pool:
+                    futures = [pool.submit(_write_shard, config, shard, queue) for shard in todo]
+                    while not all(f.done() for f in futures):
+                        try:
+                            bar.advance(task, queue.get(timeout=0.2))
+                        except Exception:  # noqa: BLE001 - queue.Empty, raised through the manager proxy
+                            pass
+                    for f in futures:
+                        f.result()  # re-raise a worker's error (complete shards are kept)
+        bar.update(task, completed=total)
+    if shard_selection is None or all(_shard_done(config, s) for s in plan_shards(config)):
+        finalize_dataset(config)
+    elif progress:
+        print(f"wrote shards {shard_selection[0]}-{shard_selection[-1]}; run 'xrayscatter simulate finalize' "
+              f"when every job has finished")
+    return out_dir
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"xrayscatter": __version__, "python": platform.python_version(), "simulator": SIMULATOR_VERSION}
+    for package in ("numpy", "scipy", "tensorflow"):
+        try:
+            out[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def finalize_dataset(config: PipelineConfig) -> Path:
+    """Check that every shard and its summary are present, then write manifest.json (atomically).
+
+    Raises:
+        XrayscatterError: listing the missing shards.
+    """
+    from xrayscatter.schema import SCHEMA_DESCRIPTION
+
+    out_dir = dataset_dir(config)
+    shards = plan_shards(config)
+    missing = [s.number for s in shards if not _shard_done(config, s)]
+    if missing:
+        raise XrayscatterError(f"{out_dir}: {len(missing)} of {len(shards)} shards missing (numbers {missing[:20]}"
+                               f"{'…' if len(missing) > 20 else ''}); run 'xrayscatter simulate run --shards …' for them")
+    splits = {}
+    for split in SPLITS:
+        mine = [s for s in shards if s.split == split]
+        summaries = [json.loads((out_dir / INDEX_DIR / f"{s.filename(config.simulate.dataset)}.json").read_text()) for s in mine]
+        counts = {a: sum(x["attribute_counts"][a] for x in summaries) for a in ATTRIBUTES}
+        splits[split] = {"num_images": sum(x["num_images"] for x in summaries), "num_shards": len(mine),
+                         "files": [x["file"] for x in summaries],
+                         "runs": sorted({r for x in summaries for r in x["runs"]}),
+                         "attribute_counts": counts}
+    manifest = {
+        "dataset": config.simulate.dataset, "attributes": list(ATTRIBUTES), "splits": splits,
+        "num_images": config.simulate.num_images, "image_size": config.simulate.image_size,
+        "images_per_run": config.simulate.images_per_run, "seed": config.seed,
+        "config": config.to_dict(), "schema": SCHEMA_DESCRIPTION, "versions": _versions(),
+        "fingerprint": _fingerprint(config),
+    }
+    path = out_dir / "manifest.json"
+    _atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
+    return path
