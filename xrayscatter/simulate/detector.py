@@ -34,22 +34,21 @@ def direct_beam(shape, beam_xy, fwhm_px: float, total_counts: float) -> np.ndarr
 
 
 def smooth_background(shape, rng: np.random.Generator, level: float, variation: float, scale_px: float) -> np.ndarray:
-    """A slowly varying background (air, windows, fluorescence): ``level``·(1 + variation·field),
-    field = low-pass filtered noise plus a linear gradient, in [−1, 1]."""
+    """A slowly varying background (air, windows, fluorescence): ``level``·(1 + variation·field).
+
+    The field is a sum of random low-frequency plane waves (periods ≥ ``scale_px``) plus a
+    linear gradient, normalised to [−1, 1]: smooth everywhere, with no grid artefacts.
+    """
     h, w = shape
-    small = rng.normal(size=(max(2, int(h / scale_px) + 2), max(2, int(w / scale_px) + 2)))
-    ys = np.linspace(0, small.shape[0] - 1, h)
-    xs = np.linspace(0, small.shape[1] - 1, w)
-    # Bilinear upsampling of a coarse random grid: a smooth field without an FFT-sized filter.
-    y0 = np.floor(ys).astype(int).clip(0, small.shape[0] - 2)
-    x0 = np.floor(xs).astype(int).clip(0, small.shape[1] - 2)
-    fy = (ys - y0)[:, None]
-    fx = (xs - x0)[None, :]
-    field = (small[y0][:, x0] * (1 - fy) * (1 - fx) + small[y0 + 1][:, x0] * fy * (1 - fx)
-             + small[y0][:, x0 + 1] * (1 - fy) * fx + small[y0 + 1][:, x0 + 1] * fy * fx)
+    y = np.linspace(0.0, h / scale_px, h, dtype=np.float32)[:, None]
+    x = np.linspace(0.0, w / scale_px, w, dtype=np.float32)[None, :]
+    field = np.zeros(shape, dtype=np.float32)
+    for _ in range(4):
+        kx, ky = rng.normal(size=2) * np.pi
+        field += np.float32(rng.normal()) * np.cos(kx * x + ky * y + np.float32(rng.uniform(0, 2 * np.pi)))
     gy, gx = rng.normal(size=2) * 0.5
-    field = field + gy * np.linspace(-1, 1, h)[:, None] + gx * np.linspace(-1, 1, w)[None, :]
-    field /= max(1e-6, np.abs(field).max())
+    field += np.float32(gy) * np.linspace(-1, 1, h, dtype=np.float32)[:, None] + np.float32(gx) * np.linspace(-1, 1, w, dtype=np.float32)[None, :]
+    field /= max(1e-6, float(np.abs(field).max()))
     return (level * np.clip(1 + variation * field, 0.05, None)).astype(np.float32)
 
 

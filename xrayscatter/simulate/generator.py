@@ -84,7 +84,7 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
     chosen = [names[i] for i in rng.choice(len(names), size=k, replace=False, p=weights / weights.sum())]
 
     exposure = run["exposure"] * _log_uniform(rng, 0.5, 2.0)
-    sample_peak = _log_uniform(rng, 1.5, 2e5) * exposure
+    sample_peak = _log_uniform(rng, 0.5, 1e5) * exposure
     open_mask = maps.valid & (maps.transmission > 0.5)
     if not open_mask.any():
         open_mask = maps.valid
@@ -129,6 +129,7 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
                            sample_peak * _log_uniform(rng, 1e2, 1e4)) * maps.transmission
     valid = maps.valid.astype(np.float32)
     expected = det.point_spread(sample + background + beam, run["detector"]["psf_px"]) * valid
+    unshaded = (sample + background) / np.maximum(maps.transmission, 1e-6)
 
     bs = run["beamstop"]
     scene = SceneForTags(
@@ -137,7 +138,8 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
         sample=sample * valid, background=background * valid, roles={k: v * valid for k, v in roles.items()},
         piece_images=[p * valid for p in piece_images], rings=ring_evidence, structure_factor=sf_evidence,
         beam_on_image=g.beam_on_image(), beamstop_kind=bs["kind"],
-        beamstop_pixels=int((maps.opacity >= 0.5).sum()))
+        beamstop_shadow=(unshaded - sample - background) * valid, beamstop_opacity=maps.opacity,
+        noise_variance=float(run["detector"].get("read_noise", 0.0)) ** 2)
     tags, evidence = decide_tags(scene)
     image_record = {"attempt": attempt, "modules": module_records, "exposure": round(exposure, 5),
                     "sample_peak_counts": round(sample_peak, 4), "background_level": round(bg_level, 5)}

@@ -128,8 +128,8 @@ def sphere_module(rng, maps, q_range):
     intensity = form_factors.polydisperse_sphere_form_factor(q, radius, poly)
     record = {"module": "sphere", "radius": round(radius, 4), "polydispersity": round(poly, 4)}
     info = {}
-    if rng.random() < 0.55:
-        phi = rng.uniform(0.08, 0.45)
+    if rng.random() < 0.7:
+        phi = rng.uniform(0.1, 0.45)
         r_hs = radius * rng.uniform(1.0, 1.3)
         s_q = structure_factors.structure_factor_percus_yevick(q, r_hs, phi)
         intensity = intensity * s_q
@@ -290,11 +290,11 @@ def debye_module(rng, maps, q_range):
 
 
 MODULES = {
-    "lattice": (lattice_module, 0.30),
-    "sphere": (sphere_module, 0.17),
-    "diffuse_low": (diffuse_low_module, 0.14),
-    "halo": (halo_module, 0.11),
-    "adhoc_rings": (adhoc_rings_module, 0.10),
+    "lattice": (lattice_module, 0.34),
+    "sphere": (sphere_module, 0.20),
+    "diffuse_low": (diffuse_low_module, 0.12),
+    "halo": (halo_module, 0.10),
+    "adhoc_rings": (adhoc_rings_module, 0.09),
     "diffuse_high": (diffuse_high_module, 0.08),
     "debye": (debye_module, 0.06),
     "adhoc_spots": (adhoc_spots_module, 0.04),

@@ -13,7 +13,7 @@ peaks closer than ``RESOLUTION`` × their width count as one (not resolved).
 | attribute         | rule |
 |-------------------|------|
 | Beam Off Image    | beam centre outside the image |
-| Circ./Linear/Wedge Beamstop | that beamstop shades (opacity ≥ 0.5) ≥ ``min_pixels``/8 px of the image |
+| Circ./Linear/Wedge Beamstop | that beamstop shades (opacity ≥ 0.5) ≥ ``min_pixels``/8 px of the image, and the counts it removes (median over the shadow) exceed max(2, the per-pixel noise of what is left) |
 | Ring              | ≥ 1 visible ring (lattice, ad-hoc, Debye cluster, or a spotty ring with ≥ 3 visible spot px) |
 | Many rings        | > 4 visible resolved rings in the image |
 | BCC / FCC         | a BCC / FCC lattice (powder, spotty, oriented, or Debye cluster) with ≥ 2 visible resolved rings |
@@ -81,7 +81,9 @@ class SceneForTags:
     structure_factor: list[dict] = field(default_factory=list)  # {"q", "s_max", "bump", "piece"}
     beam_on_image: bool = True
     beamstop_kind: str = "none"
-    beamstop_pixels: int = 0
+    beamstop_shadow: np.ndarray | None = None  # (H, W) counts the beamstop removed (unshaded − shaded)
+    beamstop_opacity: np.ndarray | None = None  # (H, W) in [0, 1]
+    noise_variance: float = 0.0  # extra per-pixel variance (CCD read noise²), added to the Poisson variance
 
     @property
     def min_pixels(self) -> float:
@@ -120,13 +122,13 @@ def visible_rings(scene: SceneForTags) -> list[RingEvidence]:
             hi = np.searchsorted(edges, ev.peak.q + max(ev.peak.fwhm, 2 * bin_width), side="right") - 1
             near = scene.open_mask & (scene.q_bin >= lo) & (scene.q_bin <= hi)
             rest_img = scene.total - img
-            vis = near & (img >= RING_SIGMA * np.sqrt(rest_img + 1)) & (img >= RING_CONTRAST * 2 * rest_img) & (img >= RING_MIN_COUNTS)
+            vis = near & (img >= RING_SIGMA * np.sqrt(rest_img + 1 + scene.noise_variance)) & (img >= RING_CONTRAST * 2 * rest_img) & (img >= RING_MIN_COUNTS)
             if vis.sum() >= 3:
                 out.append(ev)
             continue
         crest = ev.crest_counts * ev.crest_factor * gf_mean[b]
         n_pixels = count[b] * min(1.0, ev.peak.fwhm / bin_width) / ev.crest_factor
-        if (crest >= RING_SIGMA * np.sqrt(rest + 1.0) and crest >= RING_CONTRAST * rest
+        if (crest >= RING_SIGMA * np.sqrt(rest + 1.0 + scene.noise_variance) and crest >= RING_CONTRAST * rest
                 and crest >= RING_MIN_COUNTS and n_pixels >= min(scene.min_pixels, 12)):
             out.append(ev)
     return out
@@ -143,12 +145,24 @@ def resolved_count(peaks: list[RingEvidence]) -> int:
     return n
 
 
+def _beamstop_visible(scene: SceneForTags) -> bool:
+    """The shadow must be there (opacity ≥ 0.5 on enough pixels) *and* dark against its
+    surroundings: the counts it removes exceed the per-pixel noise of what is left."""
+    shaded = (scene.beamstop_opacity >= 0.5) & (scene.total > -1)  # gaps included: they still show the outline
+    n = int(shaded.sum())
+    if n < max(3.0, scene.min_pixels / 8):
+        return False
+    removed = float(np.median(scene.beamstop_shadow[shaded]))
+    left = float(np.median(scene.total[shaded]))
+    return removed >= max(2.0, np.sqrt(left + 1.0 + scene.noise_variance))
+
+
 def _diffuse_visible(scene: SceneForTags, role: str) -> bool:
     part = scene.roles.get(role)
     if part is None:
         return False
     rest = scene.total - part
-    ok = (scene.open_mask & (part >= DIFFUSE_MIN_COUNTS) & (part >= RING_SIGMA * np.sqrt(rest + 1))
+    ok = (scene.open_mask & (part >= DIFFUSE_MIN_COUNTS) & (part >= RING_SIGMA * np.sqrt(rest + 1 + scene.noise_variance))
           & (part >= 0.5 * rest))
     return int(ok.sum()) >= scene.min_pixels
 
@@ -159,7 +173,7 @@ def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
     evidence: dict = {}
     if not scene.beam_on_image:
         tags.add("Beam Off Image")
-    if scene.beamstop_kind != "none" and scene.beamstop_pixels >= max(3.0, scene.min_pixels / 8):
+    if scene.beamstop_kind != "none" and _beamstop_visible(scene):
         tags.add({"circular": "Circ. Beamstop", "linear": "Linear beamstop", "wedge": "Wedge beamstop"}[scene.beamstop_kind])
 
     visible = visible_rings(scene)
@@ -191,7 +205,7 @@ def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
     spot_img = scene.roles.get("spots")
     if spot_img is not None:
         rest = scene.total - spot_img
-        vis = (scene.open_mask & (spot_img >= RING_SIGMA * np.sqrt(rest + 1)) & (spot_img >= RING_CONTRAST * 2 * rest)
+        vis = (scene.open_mask & (spot_img >= RING_SIGMA * np.sqrt(rest + 1 + scene.noise_variance)) & (spot_img >= RING_CONTRAST * 2 * rest)
                & (spot_img >= RING_MIN_COUNTS))
         evidence["visible_spot_pixels"] = int(vis.sum())
         if vis.sum() >= max(6.0, scene.min_pixels / 4):
@@ -206,7 +220,7 @@ def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
         b = int(np.searchsorted(scene.bin_edges, sf["q"], side="right") - 1)
         if 0 <= b < len(count) and count[b] >= 1:
             own, rest = own_mean[b], rest_mean[b]
-            if own >= RING_SIGMA * np.sqrt(rest + 1) and own >= RING_CONTRAST * rest and own >= RING_MIN_COUNTS:
+            if own >= RING_SIGMA * np.sqrt(rest + 1 + scene.noise_variance) and own >= RING_CONTRAST * rest and own >= RING_MIN_COUNTS:
                 tags.add("Structure factor")
 
     if _diffuse_visible(scene, "diffuse_low"):
