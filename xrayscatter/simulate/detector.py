@@ -40,12 +40,15 @@ def smooth_background(shape, rng: np.random.Generator, level: float, variation: 
     linear gradient, normalised to [−1, 1]: smooth everywhere, with no grid artefacts.
     """
     h, w = shape
-    y = np.linspace(0.0, h / scale_px, h, dtype=np.float32)[:, None]
-    x = np.linspace(0.0, w / scale_px, w, dtype=np.float32)[None, :]
+    y = np.linspace(0.0, h / scale_px, h, dtype=np.float32)
+    x = np.linspace(0.0, w / scale_px, w, dtype=np.float32)
     field = np.zeros(shape, dtype=np.float32)
     for _ in range(4):
-        kx, ky = rng.normal(size=2) * np.pi
-        field += np.float32(rng.normal()) * np.cos(kx * x + ky * y + np.float32(rng.uniform(0, 2 * np.pi)))
+        kx, ky = rng.normal(size=2) * (np.pi / 2)
+        amplitude, phase = np.float32(rng.normal()), rng.uniform(0, 2 * np.pi)
+        # cos(kx·x + ky·y + φ) = cos(a)cos(b) − sin(a)sin(b): two outer products, no per-pixel cosine
+        a, b = kx * x + phase, ky * y
+        field += amplitude * (np.outer(np.cos(b), np.cos(a)) - np.outer(np.sin(b), np.sin(a)))
     gy, gx = rng.normal(size=2) * 0.5
     field += np.float32(gy) * np.linspace(-1, 1, h, dtype=np.float32)[:, None] + np.float32(gx) * np.linspace(-1, 1, w, dtype=np.float32)[None, :]
     field /= max(1e-6, float(np.abs(field).max()))

@@ -14,11 +14,11 @@ peaks closer than ``RESOLUTION`` × their width count as one (not resolved).
 |-------------------|------|
 | Beam Off Image    | beam centre outside the image |
 | Circ./Linear/Wedge Beamstop | that beamstop shades (opacity ≥ 0.5) ≥ ``min_pixels``/8 px of the image, and the counts it removes (median over the shadow) exceed max(2, the per-pixel noise of what is left) |
-| Ring              | ≥ 1 visible ring (lattice, ad-hoc, Debye cluster, or a spotty ring with ≥ 3 visible spot px) |
+| Ring              | ≥ 1 visible ring (lattice, ad-hoc, Debye cluster, or a spotty ring traced by ≥ ``SPOTS_FOR_A_RING`` visible spots) |
 | Many rings        | > 4 visible resolved rings in the image |
 | BCC / FCC         | a BCC / FCC lattice (powder, spotty, oriented, or Debye cluster) with ≥ 2 visible resolved rings |
 | Higher orders     | a module shows a visible ring and a visible ring at an integer multiple of its q (2nd+ order) |
-| Polycrystalline   | spotty rings: ≥ max(6, min_pixels/4) visible spot pixels |
+| Polycrystalline   | spotty rings: ≥ ``SPOTS_FOR_POLYCRYSTALLINE`` separate visible grain spots |
 | Halo              | a halo crest passes the ring test (with its own broad width) |
 | Structure factor  | an S(q) correlation bump (S_max ≥ 1.12, a local maximum of P·S) visible by the ring test |
 | Diffuse low-q     | ≥ ``min_pixels`` px where the low-q diffuse part is ≥ 10 counts, ≥ 3σ noise of the rest and ≥ 0.5 × the rest |
@@ -49,6 +49,8 @@ STRONG_MAX, STRONG_MEAN = 1000.0, 5.0
 WEAK_MAX = 10.0
 HIGH_BACKGROUND_MEAN, HIGH_BACKGROUND_MAX = 1000.0, 1e4
 STRUCTURE_FACTOR_MIN_PEAK = 1.12
+SPOTS_FOR_A_RING = 8  # separate grain spots needed before a spotty ring counts as a ring
+SPOTS_FOR_POLYCRYSTALLINE = 3
 
 
 @dataclass
@@ -116,14 +118,13 @@ def visible_rings(scene: SceneForTags) -> list[RingEvidence]:
             continue
         rest = rest_mean[b]
         if ev.role == "spots":
-            # count visible spot pixels near the ring radius
+            # A spotty ring reads as a ring only when enough separate grain spots trace it.
             img = scene.piece_images[piece_index]
-            lo = np.searchsorted(edges, ev.peak.q - max(ev.peak.fwhm, 2 * bin_width), side="right") - 1
-            hi = np.searchsorted(edges, ev.peak.q + max(ev.peak.fwhm, 2 * bin_width), side="right") - 1
+            reach = max(ev.peak.fwhm, 2 * bin_width)
+            lo = np.searchsorted(edges, ev.peak.q - reach, side="right") - 1
+            hi = np.searchsorted(edges, ev.peak.q + reach, side="right") - 1
             near = scene.open_mask & (scene.q_bin >= lo) & (scene.q_bin <= hi)
-            rest_img = scene.total - img
-            vis = near & (img >= RING_SIGMA * np.sqrt(rest_img + 1 + scene.noise_variance)) & (img >= RING_CONTRAST * 2 * rest_img) & (img >= RING_MIN_COUNTS)
-            if vis.sum() >= 3:
+            if count_visible_spots(scene, img, near) >= SPOTS_FOR_A_RING:
                 out.append(ev)
             continue
         crest = ev.crest_counts * ev.crest_factor * gf_mean[b]
@@ -132,6 +133,18 @@ def visible_rings(scene: SceneForTags) -> list[RingEvidence]:
                 and crest >= RING_MIN_COUNTS and n_pixels >= min(scene.min_pixels, 12)):
             out.append(ev)
     return out
+
+
+def count_visible_spots(scene: SceneForTags, spots: np.ndarray, where: np.ndarray) -> int:
+    """Number of separate visible spots (connected groups of visible spot pixels) inside ``where``."""
+    from scipy.ndimage import label
+
+    rest = scene.total - spots
+    visible = (where & (spots >= RING_SIGMA * np.sqrt(rest + 1 + scene.noise_variance))
+               & (spots >= 2 * RING_CONTRAST * rest) & (spots >= RING_MIN_COUNTS))
+    if not visible.any():
+        return 0
+    return int(label(visible)[1])
 
 
 def resolved_count(peaks: list[RingEvidence]) -> int:
@@ -204,11 +217,9 @@ def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
                 tags.add("Higher orders")
     spot_img = scene.roles.get("spots")
     if spot_img is not None:
-        rest = scene.total - spot_img
-        vis = (scene.open_mask & (spot_img >= RING_SIGMA * np.sqrt(rest + 1 + scene.noise_variance)) & (spot_img >= RING_CONTRAST * 2 * rest)
-               & (spot_img >= RING_MIN_COUNTS))
-        evidence["visible_spot_pixels"] = int(vis.sum())
-        if vis.sum() >= max(6.0, scene.min_pixels / 4):
+        n_spots = count_visible_spots(scene, spot_img, scene.open_mask)
+        evidence["visible_spots"] = n_spots
+        if n_spots >= SPOTS_FOR_POLYCRYSTALLINE:
             tags.add("Polycrystalline")
 
     for sf in scene.structure_factor:
