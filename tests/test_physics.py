@@ -191,3 +191,16 @@ def test_pilatus_gap_mask_matches_pyfai_detector():
         theirs = detector_factory(name).calc_mask().astype(bool)
         assert ours.shape == theirs.shape
         assert np.array_equal(ours, theirs)
+
+
+def test_diamond_removes_200_and_222_from_fcc():
+    ns = [r.n for r in lattices.reflections("DIA", 3.0)]
+    assert ns[:5] == [3, 8, 11, 16, 19]  # Si: (111), (220), (311), (400), (331)
+    assert lattices.BRAVAIS["DIA"] == "FCC"
+
+
+def test_hcp_first_rings_follow_ideal_c_over_a():
+    refl = lattices.reflections("HCP", 1.5)
+    assert [r.hkl for r in refl[:3]] == [(1, 0, 0), (0, 0, 2), (1, 0, 1)]
+    assert np.allclose([r.ratio for r in refl[:3]], [1.0, 1.0607, 1.1319], atol=1e-3)
+    assert [r.multiplicity for r in refl[:3]] == [6, 2, 12]

@@ -15,6 +15,7 @@ import numpy as np
 
 from xrayscatter.attributes import multi_hot
 from xrayscatter.simulate import detector as det
+from xrayscatter.simulate.lattices import BRAVAIS
 from xrayscatter.simulate.modules import MODULES, Piece
 from xrayscatter.simulate.runs import STREAM_IMAGE, RunMaps, rng_for, run_maps
 from xrayscatter.simulate.tags import RingEvidence, SceneForTags, decide_tags
@@ -108,7 +109,8 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
         scale = sample_peak * amplitude / max(norm, 1e-30)
         record["peak_counts"] = round(sample_peak * amplitude, 4)
         module_records.append(record)
-        lattice = record.get("lattice", "LAM" if name == "adhoc_rings" else "")
+        # tags speak of Bravais lattices: diamond cubic is FCC
+        lattice = BRAVAIS.get(record.get("lattice", ""), "LAM" if name == "adhoc_rings" else "")
         for piece, img in zip(pieces, images):
             img = img * np.float32(scale) * maps.transmission
             sample += img

@@ -1,80 +1,104 @@
 """Powder diffraction of lattices: reflection sequences, multiplicities, ring profiles.
 
-Reflections are enumerated from Miller indices with the lattice's extinction rule, so the
-multiplicities are counted rather than tabulated: BCC (h+k+l even) gives N = h²+k²+l² =
-2, 4, 6, 8, … with multiplicities 12, 6, 24, 12, …; FCC (h, k, l all odd or all even) gives
-N = 3, 4, 8, 11, 12, … with 8, 6, 12, 24, 8, …. Ring positions q_hkl = (2π/a)·√N.
+Reflections are enumerated from Miller indices and the structure factor of the lattice's
+basis, F(hkl) = Σⱼ exp(2πi(h·xⱼ + k·yⱼ + l·zⱼ)), so extinction rules and multiplicities are
+computed rather than tabulated: BCC (h+k+l even) gives N = h²+k²+l² = 2, 4, 6, 8, … with
+multiplicities 12, 6, 24, 12, …; FCC (h, k, l all odd or all even) gives N = 3, 4, 8, 11,
+12, … with 8, 6, 12, 24, 8, …; diamond removes (200), (222), … from FCC. Ring positions
+q_hkl = (2π/a)·√N for cubic lattices.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-LATTICES = ("BCC", "FCC", "SC", "HEX", "LAM")
+# BCC, FCC, simple cubic, diamond cubic (an FCC Bravais lattice with a two-atom basis),
+# hexagonal close packed (3-D, ideal c/a), 2-D hexagonal (cylinders), lamellar.
+LATTICES = ("BCC", "FCC", "SC", "DIA", "HCP", "HEX", "LAM")
+BRAVAIS = {"BCC": "BCC", "FCC": "FCC", "DIA": "FCC", "SC": "SC", "HCP": "HCP", "HEX": "HEX", "LAM": "LAM"}
+
+_BASES = {
+    "SC": [(0, 0, 0)],
+    "BCC": [(0, 0, 0), (0.5, 0.5, 0.5)],
+    "FCC": [(0, 0, 0), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
+    "DIA": [(x + d, y + d, z + d) for (x, y, z) in [(0, 0, 0), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)]
+            for d in (0.0, 0.25)],
+    "HCP": [(0, 0, 0), (1 / 3, 2 / 3, 0.5)],
+}
+HCP_C_OVER_A = float(np.sqrt(8 / 3))
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 @dataclass(frozen=True)
 class Reflection:
-    """One powder ring: family index N, ratio q/q₁, multiplicity, and Miller indices."""
+    """One powder ring (a family of equivalent reflections).
 
-    n: int  # h²+k²+l² (cubic), h²+hk+k² (hexagonal), or order (lamellar)
-    ratio: float  # q_hkl / q_first
+    n: q² in units of (2π/a)² — the integer h²+k²+l² for cubic lattices, h²+hk+k² for the 2-D
+    hexagonal lattice, the order for lamellar; ratio: q/q₁; multiplicity: reflections in the
+    family with F ≠ 0; weight: Σ|F|² over the family divided by (atoms in the basis)², i.e.
+    the powder intensity factor (= multiplicity for one-atom or centred cubic lattices).
+    """
+
+    n: float
+    ratio: float
     multiplicity: int
     hkl: tuple[int, ...]
+    weight: float
 
 
-def _cubic_allowed(lattice: str, h: int, k: int, l: int) -> bool:  # noqa: E741 - crystallographic names
-    if lattice == "SC":
-        return True
-    if lattice == "BCC":
-        return (h + k + l) % 2 == 0
-    if lattice == "FCC":
-        parities = {h % 2, k % 2, l % 2}
-        return len(parities) == 1
-    raise ValueError(f"not a cubic lattice: {lattice}")
+MAX_RATIO = 6.0  # reflections are enumerated once per lattice up to q/q₁ = 6, then filtered
+
+
+def reflections(lattice: str, max_ratio: float = 4.0) -> tuple[Reflection, ...]:
+    """Allowed powder reflections of ``lattice`` up to q/q₁ = ``max_ratio`` (≤ 6), sorted by q.
+
+    ``lattice`` is one of LATTICES: BCC, FCC, SC, DIA (cubic, 3-D powder), HCP, HEX (2-D
+    hexagonal, e.g. cylinders: ratios 1, √3, 2, √7, 3) or LAM (lamellar stack: 1, 2, 3, …).
+    """
+    if lattice == "LAM":
+        return tuple(Reflection(n, float(n), 2, (n,), 2.0) for n in range(1, int(max_ratio) + 1))
+    return tuple(r for r in _all_reflections(lattice) if r.ratio <= max_ratio + 1e-9)
 
 
 @lru_cache(maxsize=None)
-def reflections(lattice: str, max_ratio: float = 4.0) -> tuple[Reflection, ...]:
-    """Allowed powder reflections of ``lattice`` up to q/q₁ = ``max_ratio``, sorted by q.
-
-    ``lattice`` is one of BCC, FCC, SC (cubic, 3-D powder), HEX (2-D hexagonal, e.g.
-    cylinders: ratios 1, √3, 2, √7, 3) or LAM (lamellar stack: 1, 2, 3, …).
-    """
-    if lattice == "LAM":
-        orders = range(1, int(max_ratio) + 1)
-        return tuple(Reflection(n, float(n), 2, (n,)) for n in orders)
-    families: dict[int, list[tuple[int, ...]]] = {}
+def _all_reflections(lattice: str) -> tuple[Reflection, ...]:
+    span = int(np.ceil(MAX_RATIO * 2)) + 2
+    ks = np.arange(-span, span + 1)
     if lattice == "HEX":
-        span = int(np.ceil(max_ratio)) + 1
-        for h, k in itertools.product(range(-span, span + 1), repeat=2):
-            n = h * h + h * k + k * k
-            if n > 0:
-                families.setdefault(n, []).append((h, k))
+        hkl = np.stack(np.meshgrid(ks, ks, [0], indexing="ij"), -1).reshape(-1, 3)
     else:
-        span = int(np.ceil(max_ratio * 2)) + 1
-        for h, k, l in itertools.product(range(-span, span + 1), repeat=3):  # noqa: E741
-            n = h * h + k * k + l * l
-            if n > 0 and _cubic_allowed(lattice, h, k, l):
-                families.setdefault(n, []).append((h, k, l))
-    n_first = min(families)
+        hkl = np.stack(np.meshgrid(ks, ks, ks, indexing="ij"), -1).reshape(-1, 3)
+    h, k, l = hkl.T  # noqa: E741 - crystallographic names
+    if lattice == "HEX":
+        q2 = (h * h + h * k + k * k).astype(np.float64)
+        f2 = np.ones(len(hkl))
+    else:
+        q2 = (4.0 / 3.0 * (h * h + h * k + k * k) + (l / HCP_C_OVER_A) ** 2 if lattice == "HCP"
+              else (h * h + k * k + l * l).astype(np.float64))
+        basis = np.asarray(_BASES[lattice])
+        f2 = np.abs(np.exp(2j * np.pi * (hkl @ basis.T)).sum(axis=1)) ** 2 / len(basis) ** 2
+    keep = (q2 > 0) & (f2 > 1e-9)
+    hkl, q2, f2 = hkl[keep], np.round(q2[keep], 9), f2[keep]
+    q2_first = q2.min()
     out = []
-    for n in sorted(families):
-        ratio = float(np.sqrt(n / n_first))
-        if ratio > max_ratio + 1e-9:
+    for value in np.unique(q2):
+        ratio = float(np.sqrt(value / q2_first))
+        if ratio > MAX_RATIO + 1e-9:
             break
-        hkl = max(families[n])  # a representative with positive indices
-        out.append(Reflection(n, ratio, len(families[n]), tuple(abs(i) for i in hkl)))
+        members = q2 == value
+        family = [tuple(m[:2] if lattice == "HEX" else m) for m in hkl[members].tolist()]
+        positive = [m for m in family if min(m) >= 0]
+        rep = max(positive) if positive else tuple(abs(i) for i in max(family))  # a readable representative
+        n = int(value) if float(value).is_integer() else float(value)
+        out.append(Reflection(n, ratio, int(members.sum()), rep, float(f2[members].sum())))
     return tuple(out)
 
 
-def first_peak_n(lattice: str) -> int:
+def first_peak_n(lattice: str) -> float:
     return reflections(lattice)[0].n
 
 
@@ -85,7 +109,7 @@ def is_higher_order(lattice: str, n_low: int, n_high: int) -> bool:
         return n_high % n_low == 0 and n_high > n_low
     ratio2 = n_high / n_low
     order = round(np.sqrt(ratio2))
-    return order >= 2 and abs(order * order - ratio2) < 1e-9
+    return order >= 2 and abs(order * order - ratio2) < 1e-6
 
 
 def gaussian_peak(q: np.ndarray, center: float, fwhm: float) -> np.ndarray:
@@ -121,7 +145,7 @@ class RingPeak:
     q: float  # Å⁻¹
     fwhm: float  # Å⁻¹
     height: float  # profile value at the crest (same units as the profile)
-    n: int
+    n: float  # reflection family (Reflection.n), or the order for ad-hoc rings
     family: str  # which module made it ("lattice:BCC", "adhoc", ...)
     index: int  # reflection index within that module
 
@@ -131,7 +155,7 @@ def powder_profile(q: np.ndarray, lattice: str, q_first: float, *, fwhm_0: float
                    shape: str = "gaussian", max_ratio: float = 4.0) -> tuple[np.ndarray, np.ndarray, list[RingPeak]]:
     """1-D powder ring profile of a lattice.
 
-    I_peaks(q) = Σ_hkl m_hkl · |F(q_hkl)|² / q_hkl² · DW(q_hkl) · G(q − q_hkl; w(q_hkl))
+    I_peaks(q) = Σ_families (Σ|F_hkl|²) · P(q_hkl) / q_hkl² · DW(q_hkl) · G(q − q_hkl; w(q_hkl))
     with Debye–Waller DW = exp(−σ²q²), width w(q)² = w₀² + (g·q)² (paracrystalline growth),
     and the intensity lost to disorder returned separately as diffuse P(q)(1 − DW(q)).
 
@@ -139,7 +163,7 @@ def powder_profile(q: np.ndarray, lattice: str, q_first: float, *, fwhm_0: float
         q: (N,) grid (Å⁻¹), increasing. q_first: position of the first reflection (Å⁻¹).
         fwhm_0 (Å⁻¹), fwhm_growth (dimensionless): peak width model.
         debye_waller_sigma: σ (Å), r.m.s. displacement.
-        form_factor: (N,) |F(q)|² on the grid (None → 1).
+        form_factor: (N,) P(q) of the object on each lattice site, on the grid (None → 1).
     Returns:
         (peaks (N,), diffuse (N,), list of RingPeak with crest heights in profile units).
     """
@@ -154,7 +178,7 @@ def powder_profile(q: np.ndarray, lattice: str, q_first: float, *, fwhm_0: float
             break
         fwhm = float(np.hypot(fwhm_0, fwhm_growth * q_hkl))
         f2 = float(np.interp(q_hkl, q, ff))
-        weight = refl.multiplicity * f2 / q_hkl**2 * np.exp(-(debye_waller_sigma * q_hkl) ** 2)
+        weight = refl.weight * f2 / q_hkl**2 * np.exp(-(debye_waller_sigma * q_hkl) ** 2)
         profile = weight * peak_shape(q, q_hkl, fwhm, shape)
         peaks += profile
         crest = weight * float(peak_shape(np.array([q_hkl]), q_hkl, fwhm, shape)[0])

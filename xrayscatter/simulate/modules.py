@@ -64,15 +64,20 @@ def _angular(rng, maps, p_oriented: float):
 
 
 def lattice_module(rng, maps, q_range):
-    """Powder rings of a BCC/FCC/SC/hexagonal/lamellar lattice (isotropic, spotty or oriented)."""
+    """Powder rings of a lattice (BCC, FCC, SC, diamond, HCP, 2-D hexagonal, lamellar), isotropic, spotty or oriented."""
     q = maps.q_grid
-    lattice = str(rng.choice(lattices.LATTICES, p=[0.3, 0.3, 0.12, 0.14, 0.14]))
+    lattice = str(rng.choice(lattices.LATTICES, p=[0.27, 0.25, 0.10, 0.06, 0.08, 0.12, 0.12]))
     q_first = _q_in_range(rng, q_range, 0.0, 0.7)
     fwhm_0 = float(np.hypot(q_first * _log_uniform(rng, 0.003, 0.05), _instrument_fwhm(rng, maps)))
     growth = rng.uniform(0.0, 0.025)
     dw_sigma = rng.uniform(0.02, 0.45) / q_first  # σ·q₁ in [0.02, 0.45]
     first_n = lattices.first_peak_n(lattice)
-    a = 2 * np.pi * np.sqrt(first_n) / q_first if lattice in ("BCC", "FCC", "SC") else 2 * np.pi / q_first
+    if lattice == "HEX":
+        a = 4 * np.pi / (np.sqrt(3) * q_first)  # 2-D hexagonal: q₁₀ = 4π/(√3·a)
+    elif lattice == "LAM":
+        a = 2 * np.pi / q_first  # lamellar period d
+    else:
+        a = 2 * np.pi * np.sqrt(first_n) / q_first
     if rng.random() < 0.7:  # nanoparticle superlattice: spheres on the lattice sites
         radius = a * rng.uniform(0.12, 0.3)
         ff = form_factors.polydisperse_sphere_form_factor(q, radius, rng.uniform(0.03, 0.12))

@@ -16,7 +16,7 @@ peaks closer than ``RESOLUTION`` × their width count as one (not resolved).
 | Circ./Linear/Wedge Beamstop | that beamstop shades (opacity ≥ 0.5) ≥ ``min_pixels``/8 px of the image, and the counts it removes (median over the shadow) exceed max(2, the per-pixel noise of what is left) |
 | Ring              | ≥ 1 visible ring (lattice, ad-hoc, Debye cluster, or a spotty ring traced by ≥ ``SPOTS_FOR_A_RING`` visible spots) |
 | Many rings        | > 4 visible resolved rings in the image |
-| BCC / FCC         | a BCC / FCC lattice (powder, spotty, oriented, or Debye cluster) with ≥ 2 visible resolved rings |
+| BCC / FCC         | a BCC / FCC Bravais lattice (FCC includes diamond cubic; powder, spotty, oriented, or Debye cluster) with ≥ 2 visible resolved rings |
 | Higher orders     | a module shows a visible ring and a visible ring at an integer multiple of its q (2nd+ order) |
 | Polycrystalline   | spotty rings: ≥ ``SPOTS_FOR_POLYCRYSTALLINE`` separate visible grain spots |
 | Halo              | a halo crest passes the ring test (with its own broad width) |
