@@ -1,15 +1,10 @@
-"""Instrument and detector effects: geometry factors, background, direct beam, counting noise,
+"""Instrument and detector effects: polarisation, background, direct beam, counting noise,
 defects and saturation. All images are (H, W) float32 counts."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
-
-
-def solid_angle_factor(two_theta: np.ndarray) -> np.ndarray:
-    """Relative solid angle of a flat-detector pixel, cos³(2θ) (1 at the beam)."""
-    return np.cos(two_theta) ** 3
 
 
 def polarization_factor(two_theta: np.ndarray, chi: np.ndarray, horizontal_fraction: float = 0.98) -> np.ndarray:

@@ -4,6 +4,12 @@ Conventions (physics.md): λ[Å] = 12.3984 / E[keV], k = 2π/λ; a pixel at dist
 (metres) from the beam centre on a flat detector normal to the beam at distance d has
 2θ = arctan(r / d) and q = 2k·sin θ (Å⁻¹). χ = atan2(x − x0, −(y − y0)), so χ = 0 points
 up (towards row 0) and grows clockwise. Pixel centres sit at index + 0.5.
+
+A detector may be tilted: rotated by ``tilt_x`` about the horizontal axis and then by
+``tilt_y`` about the vertical axis, both through the point where the direct beam meets it
+(the beam centre). A pixel at detector offset (X, Y) then sits at
+p = (0, 0, d) + R_y(tilt_y)·R_x(tilt_x)·(X, Y, 0) from the sample, 2θ is the angle between p
+and the beam, and rings become ellipses (or hyperbolae for a detector swung far out).
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class Geometry:
         height, width: image shape (px).
         beam_x, beam_y: beam centre (px, column and row, pixel centres at index + 0.5);
             may lie outside the image.
+        tilt_x, tilt_y: detector tilts (rad) about the horizontal and vertical axes.
     """
 
     energy_kev: float
@@ -87,6 +94,8 @@ class Geometry:
     width: int
     beam_x: float
     beam_y: float
+    tilt_x: float = 0.0
+    tilt_y: float = 0.0
 
     @property
     def wavelength(self) -> float:
@@ -98,33 +107,57 @@ class Geometry:
         return 2 * np.pi / self.wavelength
 
     def radius_px_map(self) -> np.ndarray:
-        """(H, W) float32 distance of each pixel centre from the beam centre (px)."""
+        """(H, W) float32 distance of each pixel centre from the beam centre (px), in the detector plane."""
         y = np.arange(self.height, dtype=np.float32)[:, None] + 0.5 - self.beam_y
         x = np.arange(self.width, dtype=np.float32)[None, :] + 0.5 - self.beam_x
         return np.sqrt(x * x + y * y)
 
     def q_from_radius_px(self, radius_px) -> np.ndarray:
-        """Radius on the detector (px) → q (Å⁻¹)."""
+        """Radius on the detector (px) → q (Å⁻¹), for an untilted detector."""
         two_theta = np.arctan(np.asarray(radius_px, dtype=np.float64) * self.pixel_size_m / self.distance_m)
         return 2 * self.k * np.sin(two_theta / 2)
 
     def radius_px_from_q(self, q) -> np.ndarray:
-        """q (Å⁻¹) → radius on the detector (px); NaN where 2θ ≥ 90° (not on a flat detector)."""
+        """q (Å⁻¹) → radius on an untilted detector (px); NaN where 2θ ≥ 90°."""
         s = np.asarray(q, dtype=np.float64) / (2 * self.k)
         with np.errstate(invalid="ignore"):
             two_theta = 2 * np.arcsin(np.where(s < 1, s, np.nan))
             r = np.where(two_theta < np.pi / 2, np.tan(two_theta) * self.distance_m / self.pixel_size_m, np.nan)
         return r
 
+    def lab_vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(px, py, pz): (H, W) float32 lab coordinates (m) of each pixel centre; z along the beam."""
+        y = ((np.arange(self.height, dtype=np.float32) + 0.5 - self.beam_y) * self.pixel_size_m)[:, None]
+        x = ((np.arange(self.width, dtype=np.float32) + 0.5 - self.beam_x) * self.pixel_size_m)[None, :]
+        ca, sa = np.float32(np.cos(self.tilt_x)), np.float32(np.sin(self.tilt_x))
+        cb, sb = np.float32(np.cos(self.tilt_y)), np.float32(np.sin(self.tilt_y))
+        px = x * cb + y * (sa * sb)
+        py = np.broadcast_to(y * ca, px.shape)
+        pz = np.float32(self.distance_m) - x * sb + y * (sa * cb)
+        return px, py, pz
+
+    def two_theta_map(self) -> np.ndarray:
+        """(H, W) float32 scattering angle 2θ (rad)."""
+        px, py, pz = self.lab_vectors()
+        return np.arctan2(np.sqrt(px * px + py * py), pz).astype(np.float32)
+
     def q_map(self) -> np.ndarray:
         """(H, W) float32 |q| of each pixel centre (Å⁻¹)."""
-        return self.q_from_radius_px(self.radius_px_map()).astype(np.float32)
+        return (2 * self.k * np.sin(self.two_theta_map() / 2)).astype(np.float32)
 
     def chi_map(self) -> np.ndarray:
         """(H, W) float32 azimuth χ (radians, 0 = up, clockwise positive)."""
-        y = np.arange(self.height, dtype=np.float32)[:, None] + 0.5 - self.beam_y
-        x = np.arange(self.width, dtype=np.float32)[None, :] + 0.5 - self.beam_x
-        return np.arctan2(x, -y).astype(np.float32)
+        px, py, _ = self.lab_vectors()
+        return np.arctan2(px, -py).astype(np.float32)
+
+    def solid_angle_map(self) -> np.ndarray:
+        """(H, W) float32 solid angle of each pixel relative to the pixel at the beam centre:
+        (n·p)/|p|³ normalised, n the detector normal (cos³ 2θ for an untilted detector)."""
+        px, py, pz = self.lab_vectors()
+        ca, sa, cb, sb = np.cos(self.tilt_x), np.sin(self.tilt_x), np.cos(self.tilt_y), np.sin(self.tilt_y)
+        n_dot_p = px * (ca * sb) - py * sa + pz * (ca * cb)
+        norm = np.sqrt(px * px + py * py + pz * pz)
+        return (n_dot_p * self.distance_m**2 / (norm**3 * ca * cb)).astype(np.float32)
 
     def beam_on_image(self) -> bool:
         return 0.0 <= self.beam_x < self.width and 0.0 <= self.beam_y < self.height
@@ -143,6 +176,7 @@ class Geometry:
             "energy_kev": round(self.energy_kev, 6), "distance_m": round(self.distance_m, 6),
             "pixel_size_m": round(self.pixel_size_m, 9), "height": self.height, "width": self.width,
             "beam_x": round(self.beam_x, 3), "beam_y": round(self.beam_y, 3),
+            "tilt_x": round(self.tilt_x, 6), "tilt_y": round(self.tilt_y, 6),
             "wavelength_angstrom": round(self.wavelength, 6),
         }
 

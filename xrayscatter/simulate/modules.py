@@ -102,21 +102,19 @@ def lattice_module(rng, maps, q_range):
         grains = _log_uniform(rng, 1.5, 40.0)
         sigma_px = rng.uniform(0.6, 1.6)
         g = maps.geometry
-        radii = g.radius_px_from_q(np.array([r.q for r in rings]))
-        ok = np.isfinite(radii)
-        # Integrated counts each ring would carry spread over its full circle (Δq-integral × 2πr dr/dq).
-        dr_dq = np.array([1.0 / max(float(g.q_from_radius_px(r + 0.5) - g.q_from_radius_px(max(r - 0.5, 0))), 1e-12)
-                          for r in np.where(ok, radii, 1.0)])
+        ring_q = np.array([r.q for r in rings])
+        radii = np.nan_to_num(g.radius_px_from_q(ring_q), nan=0.0)
+        # Integrated counts of each ring over its full circle: ∫I dq · (2πr) · (dr/dq), pixels per unit q.
+        dr_dq = 1.0 / np.maximum(g.q_from_radius_px(radii + 0.5) - g.q_from_radius_px(np.maximum(radii - 0.5, 0)), 1e-12)
         refls = lattices.reflections(lattice, 6.0)  # a prefix-compatible superset of the rendered list
         multiplicity = np.array([refls[r.index].multiplicity for r in rings])
         areas = np.array([r.height * r.fwhm * 1.064 for r in rings])  # Gaussian area ≈ 1.064·h·FWHM
-        totals = areas * 2 * np.pi * np.where(ok, radii, 0) * dr_dq
+        circles = 2 * np.pi * radii
+        totals = areas * circles * dr_dq
         n_spots = rng.poisson(grains * multiplicity / 2.0) + 1
-        img = texture.spotty_ring_image(maps.shape, (g.beam_x, g.beam_y), np.where(ok, radii, 0)[ok],
-                                        totals[ok], n_spots[ok], sigma_px, rng)
+        img, placed = texture.spotty_ring_image(maps.q, maps.q_step_px, ring_q, totals, circles, n_spots, sigma_px, rng)
         record.update(grains=round(grains, 3), spot_sigma_px=round(sigma_px, 3))
-        pieces.append(Piece("spots", image=img, rings=[r for r, k in zip(rings, ok) if k],
-                            info={"polycrystalline": True, "num_spots": n_spots[ok].tolist()}))
+        pieces.append(Piece("spots", image=img, rings=rings, info={"polycrystalline": True, "num_spots": placed}))
     else:
         angular, crest, tex = _angular(rng, maps, 1.0 if mode == "oriented" else 0.0)
         record.update(tex)

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from xrayscatter.simulate import beamstops
-from xrayscatter.simulate.detector import polarization_factor, solid_angle_factor
+from xrayscatter.simulate.detector import polarization_factor
 from xrayscatter.simulate.geometry import DETECTORS, Geometry, module_gap_mask
 
 STREAM_RUN = 1
@@ -84,6 +84,15 @@ def sample_run_params(seed: int, run_id: int, image_size: int, saxs_fraction: fl
         bx, by = [(-out * width, along * height), ((1 + out) * width, along * height),
                   (along * width, -out * height), (along * width, (1 + out) * height)][side]
     on_image = 0 <= bx < width and 0 <= by < height
+    # Detectors are never quite normal to the beam: a small random tilt. A detector moved far
+    # off the beam (wide angles) is usually swung towards the sample, by part of the angle.
+    tilt_x, tilt_y = np.radians(rng.normal(scale=1.0, size=2))
+    if not on_image and rng.random() < 0.7:
+        swing = rng.uniform(0.2, 1.0)
+        dx = (width / 2 - bx) * pixel_size
+        dy = (height / 2 - by) * pixel_size
+        tilt_y += swing * np.arctan2(dx, distance)  # face the detector centre towards the sample
+        tilt_x += -swing * np.arctan2(dy, distance)
 
     size = max(height, width)
     beamstop: dict = {"kind": _choice(rng, BEAMSTOP_WEIGHTS) if on_image else "none"}
@@ -120,7 +129,8 @@ def sample_run_params(seed: int, run_id: int, image_size: int, saxs_fraction: fl
     }
     return {
         "run_id": int(run_id), "mode": mode,
-        "geometry": Geometry(energy, distance, pixel_size, height, width, float(bx), float(by)).to_dict(),
+        "geometry": Geometry(energy, distance, pixel_size, height, width, float(bx), float(by),
+                             float(tilt_x), float(tilt_y)).to_dict(),
         "beam_placement": placement, "detector": detector, "beamstop": _round(beamstop),
         "background": _round(background),
         "exposure": _log_uniform(rng, 0.1, 10.0),
@@ -166,14 +176,14 @@ class RunMaps:
 def _build_maps(params: dict) -> RunMaps:
     g = params["geometry"]
     geometry = Geometry(g["energy_kev"], g["distance_m"], g["pixel_size_m"], g["height"], g["width"],
-                        g["beam_x"], g["beam_y"])
+                        g["beam_x"], g["beam_y"], g.get("tilt_x", 0.0), g.get("tilt_y", 0.0))
     shape = (geometry.height, geometry.width)
     beam = (geometry.beam_x, geometry.beam_y)
     radius = geometry.radius_px_map()
-    two_theta = np.arctan(radius * geometry.pixel_size_m / geometry.distance_m)
+    two_theta = geometry.two_theta_map()
     q = geometry.q_map()
     chi = geometry.chi_map()
-    factor = solid_angle_factor(two_theta)
+    factor = geometry.solid_angle_map()
     if params["mode"] == "WAXS":
         factor = factor * polarization_factor(two_theta, chi)
     det = params["detector"]

@@ -19,29 +19,38 @@ def arc_crest_factor(eta: float) -> float:
     return (1 + eta) / (1 - eta)
 
 
-def spotty_ring_image(shape: tuple[int, int], beam_xy: tuple[float, float], radii_px: np.ndarray,
-                      ring_totals: np.ndarray, num_spots: np.ndarray, spot_sigma_px: float,
-                      rng: np.random.Generator) -> np.ndarray:
-    """Rings broken into grain reflections: each ring's integrated counts shared among
-    ``num_spots`` Gaussian spots at random azimuths (random grain orientations).
+def spotty_ring_image(q_map: np.ndarray, q_step: float, ring_q: np.ndarray, ring_totals: np.ndarray,
+                      full_circle_px: np.ndarray, spots_per_circle: np.ndarray, spot_sigma_px: float,
+                      rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """Rings broken into grain reflections (a few crystallites in the beam).
+
+    Each ring's integrated counts (``ring_totals``, as if the full circle were isotropic) are
+    shared among ``spots_per_circle`` grains at random azimuths, with exponentially distributed
+    intensities (grains differ in size). Spots are placed on the pixels whose q lies on the ring,
+    so the placement is right for tilted detectors too; only the part of the circle that falls
+    on the image (its share of ``full_circle_px``) receives spots.
 
     Args:
-        shape: (H, W). beam_xy: beam centre (px). radii_px: (R,) ring radii (px).
-        ring_totals: (R,) integrated counts each ring would have if isotropic over the full circle.
-        num_spots: (R,) spots per full circle. spot_sigma_px: spot size (px).
+        q_map: (H, W) Å⁻¹. q_step: Δq of one pixel. ring_q, ring_totals, full_circle_px,
+            spots_per_circle: (R,) per ring. spot_sigma_px: Gaussian spot size (px).
     Returns:
-        (H, W) float32 expected counts; spots outside the image are lost, as on a real detector.
+        ((H, W) float32 expected counts, number of spots placed per ring).
     """
-    h, w = shape
-    impulses = np.zeros(shape, dtype=np.float64)
-    for r, total, n in zip(radii_px, ring_totals, num_spots):
-        n = int(max(1, n))
-        chi = rng.uniform(0, 2 * np.pi, n)
-        # Grains differ in size: spot intensities follow an exponential distribution.
-        share = rng.exponential(size=n)
-        share *= total / share.sum()
-        x = beam_xy[0] + r * np.sin(chi) - 0.5
-        y = beam_xy[1] - r * np.cos(chi) - 0.5
-        inside = (x >= 0) & (x < w - 0.5) & (y >= 0) & (y < h - 0.5)
-        np.add.at(impulses, (np.rint(y[inside]).astype(int), np.rint(x[inside]).astype(int)), share[inside])
-    return gaussian_filter(impulses, spot_sigma_px, mode="constant").astype(np.float32)
+    impulses = np.zeros(q_map.shape, dtype=np.float64)
+    placed = []
+    flat_q = q_map.ravel()
+    for q0, total, circle, n_full in zip(ring_q, ring_totals, full_circle_px, spots_per_circle):
+        on_ring = np.flatnonzero(np.abs(flat_q - q0) <= 0.6 * q_step)
+        n_full = int(max(1, n_full))
+        if on_ring.size == 0 or circle <= 0:
+            placed.append(0)
+            continue
+        visible_fraction = min(1.0, on_ring.size / (1.2 * circle))
+        n = int(rng.binomial(n_full, visible_fraction))
+        placed.append(n)
+        if n == 0:
+            continue
+        where = rng.choice(on_ring, size=n)
+        share = rng.exponential(size=n) * (total / n_full)
+        np.add.at(impulses.ravel(), where, share)
+    return gaussian_filter(impulses, spot_sigma_px, mode="constant").astype(np.float32), placed
