@@ -142,45 +142,18 @@ def smoke_config():
     return load_config(Path(__file__).resolve().parents[1] / "pipelines" / "smoke.toml")
 
 
-def export_tiny_resnet(output_dir: Path, thresholds=None) -> Path:
-    """An untrained narrow ResNet-50 (32 px input, width 0.125) exported to ``output_dir/<version>/``.
-
-    Signatures as docs/CONTRACTS.md: ``serving_default`` images → probabilities (B, 17),
-    ``features`` images → features (B, 2048·w); metadata with attributes, input size, thresholds.
-    """
-    import json
-
+def export_tiny_resnet(output_dir: Path) -> Path:
+    """An untrained narrow ResNet-50 (32 px input, width 0.125) exported by ``export.export_resnet``."""
     import keras
-    import tensorflow as tf
 
-    from xrayscatter.attributes import ATTRIBUTES
-    from xrayscatter.export_autoencoder import publish_saved_model
+    from xrayscatter.config import replace
+    from xrayscatter.export import export_resnet
     from xrayscatter.models.resnet import build_backbone, build_classifier
-    from xrayscatter.normalization import NORMALIZATION_DESCRIPTION, to_model_input
 
-    input_size = 32
+    config = replace(smoke_config(), "resnet", input_size=32, width_multiplier=0.125)
     keras.utils.set_random_seed(0)
-    backbone = build_backbone(input_size, 0.125)
-    classifier = build_classifier(backbone)
-    images = tf.TensorSpec((None, None, None), tf.float32, name="images")
-    archive = keras.export.ExportArchive()
-    archive.track(classifier)
-    archive.add_endpoint("serving_default",
-                         lambda images: {"probabilities": classifier(to_model_input(images, input_size))},
-                         input_signature=[images])
-    archive.add_endpoint("features",
-                         lambda images: {"features": backbone(to_model_input(images, input_size))},
-                         input_signature=[images])
-    metadata = {"model": "resnet", "attributes": list(ATTRIBUTES), "input_size": input_size,
-                "normalization": NORMALIZATION_DESCRIPTION,
-                "thresholds": list(thresholds) if thresholds is not None else [0.5] * len(ATTRIBUTES)}
-
-    def write(path: Path) -> None:
-        archive.write_out(str(path), verbose=False)
-        (path / "assets.extra").mkdir()
-        (path / "assets.extra" / "metadata.json").write_text(json.dumps(metadata, indent=2))
-
-    return publish_saved_model(write, output_dir)
+    backbone = build_backbone(config.resnet.input_size, config.resnet.width_multiplier)
+    return export_resnet(build_classifier(backbone), backbone, config, output_dir=output_dir)
 
 
 def export_tiny_autoencoder(output_dir: Path) -> Path:
@@ -194,3 +167,50 @@ def export_tiny_autoencoder(output_dir: Path) -> Path:
     config = replace(smoke_config(), "autoencoder", code_size=8, base_filters=4, scales=(64,))
     keras.utils.set_random_seed(0)
     return export_autoencoder(build_autoencoder_from_config(config.autoencoder), config, output_dir=output_dir)
+
+
+def export_tiny_attributes(output_dir: Path, resnet_dir: Path, autoencoder_dir: Path) -> Path:
+    """The attribute SavedModel on resnet (features_15crop) + autoencoder (features_spm) features.
+
+    Linear SVM parameters are fixed numbers (any trained values take the same export path).
+    """
+    from xrayscatter.attributes import ATTRIBUTES
+    from xrayscatter.evaluation.export_attributes import DeployableSVMs, export_attribute_model
+    from xrayscatter.evaluation.features import FeatureMatrix
+
+    blocks = (256, 168)  # 2048 · 0.125; 21 SPM cells · code 8
+    dims, count = sum(blocks), len(ATTRIBUTES)
+    rng = np.random.default_rng(3)
+    svms = DeployableSVMs(mean=np.zeros(dims), scale=np.ones(dims), weights=rng.normal(size=(dims, count)),
+                          bias=rng.normal(size=count), thresholds=np.zeros(count), c=np.ones(count),
+                          trained=np.ones(count, bool), inner_ap=np.full(count, np.nan))
+    sources = [{"model": "resnet", "path": str(resnet_dir), "signature": "features_15crop"},
+               {"model": "autoencoder", "path": str(autoencoder_dir), "signature": "features_spm"}]
+    matrix = FeatureMatrix("resnet+autoencoder", np.zeros((0, dims), np.float32), blocks, sources)
+    return export_attribute_model(matrix, svms, ATTRIBUTES, smoke_config(), {"source": "test"},
+                                  output_dir=output_dir)
+
+
+_SHARED_ROOTS: dict[str, Path] = {}
+
+
+def shared_saved_models(tmp_path_factory, models=("resnet",)) -> Path:
+    """One saved_models/ folder per test session, exporting each model the first time it is asked for.
+
+    Exporting a ResNet traces three signatures of a 50-layer graph; test modules share them.
+    """
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _SHARED_ROOTS:
+        _SHARED_ROOTS[key] = tmp_path_factory.mktemp("shared") / "saved_models"
+    root = _SHARED_ROOTS[key]
+    wanted = set(models) | ({"resnet", "autoencoder"} if "attributes" in models else set())
+    for name in ("resnet", "autoencoder", "attributes"):
+        if name not in wanted or (root / name / "1").is_dir():
+            continue
+        if name == "resnet":
+            export_tiny_resnet(root / "resnet")
+        elif name == "autoencoder":
+            export_tiny_autoencoder(root / "autoencoder")
+        else:
+            export_tiny_attributes(root / "attributes", root / "resnet" / "1", root / "autoencoder" / "1")
+    return root

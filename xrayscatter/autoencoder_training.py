@@ -86,11 +86,15 @@ class PatchSource:
     def from_folder(cls, config, directory: str | Path) -> "PatchSource":
         files = patch_data.list_image_files(directory)
         train, heldout = patch_data.split_heldout(files, config.autoencoder.heldout_fraction)
+        heldout = patch_data.readable_files(heldout)
+        # Fail now, not after an endless wait on a stream that skips every file, if nothing reads.
+        first_readable = next((f for f in train if patch_data.readable_files([f])), None)
+        if first_readable is None:
+            raise XrayscatterError(f"{directory}: none of the {len(train)} training image(s) can be read")
         if not heldout:
-            log.warning("%s: %d image(s); the reconstruction error is measured on training images",
-                        directory, len(files))
+            log.warning("%s: no held-out image; the reconstruction error is measured on training images",
+                        directory)
             heldout = train
-        patch_data.check_readable(heldout + train[:1])
         return cls(
             description=f"detector images in {directory} ({len(train)} train, {len(heldout)} held out)",
             train_images=lambda: patch_data.folder_images(train, shuffle=True, seed=config.seed),
@@ -357,14 +361,17 @@ def train_autoencoder(config, images_dir: str | Path | None = None) -> dict:
     (log_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     history = model.fit(train_ds, epochs=ae.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                        callbacks=callbacks, verbose=0)
+                        callbacks=callbacks, shuffle=False, verbose=0)
     seconds = time.perf_counter() - started
+    # A plain copy outside the strategy: the export must hold ordinary variables, not mirrored ones.
+    trained = build_autoencoder_from_config(ae)
+    trained.set_weights(model.get_weights())
 
-    recon, rmse = reconstruction_errors(model, heldout)
+    recon, rmse = reconstruction_errors(trained, heldout)
     stats = error_statistics(rmse, ae.patch_size)
     pick = figure6_selection(rmse)
     strip = reconstruction_strip(heldout, recon, rmse)
-    grid = prototype_grid(decoded_prototypes(model))
+    grid = prototype_grid(decoded_prototypes(trained))
 
     summary = {
         "pipeline": config.name,
@@ -386,7 +393,7 @@ def train_autoencoder(config, images_dir: str | Path | None = None) -> dict:
         "versions": {"xrayscatter": xrayscatter.__version__, "tensorflow": tf.__version__,
                      "keras": keras.__version__},
     }
-    export_dir = export_autoencoder(model, config, extra_metadata={
+    export_dir = export_autoencoder(trained, config, extra_metadata={
         "reconstruction_error": {k: stats[k] for k in ("patches", "definition", "rmse")},
         "training_data": source.description})
     summary["export"] = str(export_dir)

@@ -129,18 +129,41 @@ class EvaluateConfig:
 
     feature_sets: tuple[str, ...] = ("resnet", "autoencoder", "resnet+autoencoder")
     baselines: tuple[str, ...] = ("bow", "lbpphog")
+    # C of LinearSVC on standardised features whose blocks are weighted to unit total variance
+    # (an image's feature vector has squared norm ≈ number of blocks), chosen per attribute and fold.
     svm_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-    max_images: int = 0  # 0 → all images of the data set
+    inner_folds: int = 2  # GroupKFold splits of a fold's training runs that choose C
+    max_images: int = 0  # 0 → all images of the data set; else whole runs, test split's first
     hierarchical: bool = False
-    hierarchy_attribute: str = "SAXS"
+    hierarchy_attribute: str = "SAXS"  # a label column, or SAXS/WAXS (the run's geometry) for synthetic data
     real_data_dir: str = ""  # folder with detector images and labels.csv; empty → the synthetic TFRecords
     report_dir: str = "reports"
     cache_dir: str = "cache/features"
+    threads: int = 0  # SVMs and baseline images processed at once; 0 → os.cpu_count()
+    feature_batch_size: int = 16  # images per SavedModel call
+    baseline_image_size: int = 128  # px; images resized (after log scaling, padding square) for the baselines
+    bow_codebook_size: int = 256  # visual words of the bag-of-words baseline
+    gallery_size: int = 4  # images per row of the disagreement gallery (Fig. 10)
+    export_feature_set: str = "resnet+autoencoder"  # SVMs exported as saved_models/attributes; "" → none
+    attributes_output_dir: str = "saved_models/attributes"
 
     def validate(self, where: str) -> None:
         _check(len(self.svm_c_grid) >= 1 and all(c > 0 for c in self.svm_c_grid), where,
                "evaluate.svm_c_grid", "must be a non-empty list of positive numbers")
         _check(self.max_images >= 0, where, "evaluate.max_images", "must be ≥ 0")
+        known_sets = ("resnet", "autoencoder", "resnet+autoencoder")
+        _check(all(s in known_sets for s in self.feature_sets), where, "evaluate.feature_sets",
+               f"must list names from {', '.join(known_sets)}")
+        _check(all(b in ("bow", "lbpphog") for b in self.baselines), where, "evaluate.baselines",
+               "must list names from bow, lbpphog")
+        _check(self.export_feature_set in ("",) + known_sets, where, "evaluate.export_feature_set",
+               f"must be empty or one of {', '.join(known_sets)}")
+        _check(self.inner_folds >= 2, where, "evaluate.inner_folds", "must be ≥ 2")
+        _check(self.threads >= 0, where, "evaluate.threads", "must be ≥ 0")
+        _check(self.feature_batch_size >= 1, where, "evaluate.feature_batch_size", "must be ≥ 1")
+        _check(self.baseline_image_size >= 32, where, "evaluate.baseline_image_size", "must be ≥ 32")
+        _check(self.bow_codebook_size >= 2, where, "evaluate.bow_codebook_size", "must be ≥ 2")
+        _check(self.gallery_size >= 1, where, "evaluate.gallery_size", "must be ≥ 1")
 
 
 @dataclass(frozen=True)

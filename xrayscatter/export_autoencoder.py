@@ -15,8 +15,9 @@ reconstruct    ``patches`` (B, P, P) float32     ``reconstructions`` (B, P, P) f
 
 What a user needs to interpret the outputs travels inside: ``assets.extra/metadata.json``
 and, readable after ``tf.saved_model.load`` without this package, the string variables
-``metadata_json``, ``normalization``, ``spm_normalization`` and ``spm_layout_json``
-(each a one-element list: ``loaded.metadata_json[0].numpy().decode()``).
+``metadata_json``, ``normalization``, ``spm_normalization`` and ``spm_layout_json`` and the
+int32 ``patch_size``, ``code_size``, ``feature_dim`` (each a one-element list, as in
+``xrayscatter.export``: ``loaded.metadata_json[0].numpy().decode()``).
 
 The archive is written with ``keras.export.ExportArchive``, whose SavedModels also run
 under the session-based loader of ``saved_model_cli run`` and TF Serving (Keras 3 models
@@ -27,15 +28,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import shutil
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 import xrayscatter
-from xrayscatter.errors import XrayscatterError
+from xrayscatter.export import publish_saved_model
 from xrayscatter.models.autoencoder import encode_patches
 from xrayscatter.normalization import NORMALIZATION_DESCRIPTION, normalize_counts
 from xrayscatter.spm import SPM_NORMALIZATION_DESCRIPTION, num_cells, spm_features, spm_layout
@@ -112,56 +111,20 @@ def build_export_archive(autoencoder: keras.Model, config, metadata: dict) -> ke
     }
     for name, text in strings.items():
         archive.add_variable_collection(name, [tf.Variable(text, trainable=False, name=name)])
+    for name in ("patch_size", "code_size", "feature_dim"):
+        archive.add_variable_collection(
+            name, [tf.Variable(metadata[name], trainable=False, dtype=tf.int32, name=name)])
     return archive
-
-
-def next_version(output_dir: Path) -> int:
-    """1 + the largest integer folder name in output_dir (1 when there is none)."""
-    versions = [int(p.name) for p in output_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
-        if output_dir.is_dir() else []
-    return max(versions, default=0) + 1
-
-
-def publish_saved_model(write, output_dir: str | Path) -> Path:
-    """Write a SavedModel into a temporary folder, then rename it to ``output_dir/<next version>``.
-
-    Args:
-        write: callable(path) that writes the SavedModel into the (not yet existing) folder ``path``.
-        output_dir: e.g. ``saved_models/autoencoder``.
-
-    A reader (TF Serving polls the folder) never sees a half-written version. Two exports at
-    once cannot take the same number: the rename onto an existing folder fails and the next
-    number is tried.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    temporary = output_dir / f".tmp-export-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        write(temporary)
-        for _attempt in range(100):
-            target = output_dir / str(next_version(output_dir))
-            try:
-                os.rename(temporary, target)  # fails if target exists (a concurrent export)
-                return target
-            except OSError:
-                if not target.exists():
-                    raise
-        raise XrayscatterError(f"{output_dir}: could not find a free version number")
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def export_autoencoder(autoencoder: keras.Model, config, extra_metadata: dict | None = None,
                        output_dir: str | Path | None = None) -> Path:
-    """Export to ``<output_dir or config.autoencoder.output_dir>/<next version>/``; returns that folder."""
+    """Export to ``<output_dir or config.autoencoder.output_dir>/<next version>/``; returns that folder.
+
+    ``autoencoder`` must be a plain model built outside any distribution strategy (training
+    copies its weights into one), so the archive holds ordinary variables.
+    """
     metadata = autoencoder_metadata(config, extra_metadata)
     archive = build_export_archive(autoencoder, config, metadata)
-
-    def write(path: Path) -> None:
-        archive.write_out(str(path), verbose=False)
-        extra = path / "assets.extra"
-        extra.mkdir(exist_ok=True)
-        (extra / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-
-    return publish_saved_model(write, output_dir or config.autoencoder.output_dir)
+    return publish_saved_model(lambda path: archive.write_out(str(path), verbose=False),
+                               output_dir or config.autoencoder.output_dir, metadata)

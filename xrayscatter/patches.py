@@ -124,7 +124,7 @@ def folder_images(files: list[Path], shuffle: bool = False, seed: int = 0) -> tf
     """Detector image files → dataset of raw counts, (H, W) float32 per element (NaN = missing pixel).
 
     A file that cannot be read is logged and skipped, so one damaged frame does not stop a
-    long training run; :func:`check_readable` fails early when nothing can be read.
+    long training run (the caller checks up front that some file reads, see :func:`readable_files`).
     """
     paths = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
     if shuffle:
@@ -138,12 +138,18 @@ def folder_images(files: list[Path], shuffle: bool = False, seed: int = 0) -> tf
     return images.filter(lambda counts: tf.size(counts) > 0)
 
 
-def check_readable(files: list[Path]) -> None:
-    """Read each file once (the held-out set, the first training image) so a wrong folder fails now."""
+def readable_files(files: list[Path]) -> list[Path]:
+    """The files that read (each is read once); the others are logged and left out."""
     from xrayscatter.readers import read_detector_image
 
+    readable = []
     for path in files:
-        read_detector_image(path)  # raises XrayscatterError naming the file and the reason
+        try:
+            read_detector_image(path)
+            readable.append(path)
+        except XrayscatterError as e:
+            log.warning("skipping %s", e)
+    return readable
 
 
 # --------------------------------------------------------------------------- patches

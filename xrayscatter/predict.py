@@ -223,7 +223,7 @@ def _default_workers() -> int:
 # --------------------------------------------------------------------------- the command
 def predict_directory(
     directory: str | Path,
-    model: str | Path | None = None,
+    model: str | Path | TaggingModel | None = None,
     output: str | Path | None = None,
     recursive: bool = False,
     glob: str | None = None,
@@ -235,7 +235,8 @@ def predict_directory(
 
     Args:
         directory: folder of detector files (see :func:`xrayscatter.readers.list_detector_files`).
-        model: SavedModel folder or model folder of versions; None → newest under saved_models/.
+        model: SavedModel folder or model folder of versions; None → newest under saved_models/;
+            or an already loaded :class:`TaggingModel`.
         output: ``.csv`` or ``.jsonl`` file, one row per file (failed files have an ``error``),
             every attribute's score and 0/1 decision; written atomically.
         recursive, glob: which files (see ``list_detector_files``).
@@ -254,7 +255,7 @@ def predict_directory(
         raise XrayscatterError(f"--batch-size must be ≥ 1, got {batch_size}")
     output_format = _output_format(output) if output is not None else None
     paths = list_detector_files(directory, recursive=recursive, glob=glob)
-    tagging_model = TaggingModel(resolve_model_dir(model))
+    tagging_model = model if isinstance(model, TaggingModel) else TaggingModel(resolve_model_dir(model))
 
     started = time.perf_counter()
     results = run_predictions(tagging_model, paths, batch_size=batch_size,

@@ -60,8 +60,10 @@ def build_decoder(patch_size: int = 32, code_size: int = 1024, base_filters: int
                   name: str = "decoder") -> keras.Model:
     """Soft assignments (B, code_size) float32 → reconstructed patches (B, P, P) float32, normalised units.
 
-    Mirrors the encoder: a dense layer to a 4 × 4 map, then stride-2 transposed
-    convolutions up to P × P and a linear 1-channel output.
+    Mirrors the encoder: a dense layer to a 4 × 4 map as wide as the encoder's widest
+    layer, then stride-2 transposed convolutions that halve the width as they double the
+    size (the 32 × 32 layer has base_filters / 2 channels: the decoder's cost is in its
+    large maps, so they are kept thin), and a linear 1-channel output.
     """
     depth = _check_patch_size(patch_size)
     widest = base_filters * 2 ** (depth - 1)
@@ -69,8 +71,8 @@ def build_decoder(patch_size: int = 32, code_size: int = 1024, base_filters: int
     x = layers.Dense(4 * 4 * widest, activation="relu", name="dense")(code)
     x = layers.Reshape((4, 4, widest), name="to_map")(x)
     for i in reversed(range(depth)):
-        x = layers.Conv2DTranspose(base_filters * 2 ** i, 4, strides=2, padding="same", activation="relu",
-                                   name=f"deconv{i + 1}")(x)
+        x = layers.Conv2DTranspose(max(1, base_filters * 2 ** i // 2), 4, strides=2, padding="same",
+                                   activation="relu", name=f"deconv{i + 1}")(x)
     x = layers.Conv2D(1, 3, padding="same", name="pixels")(x)
     reconstruction = layers.Reshape((patch_size, patch_size), name="reconstruction")(x)
     return keras.Model(code, reconstruction, name=name)

@@ -1,0 +1,70 @@
+"""ResNet image features: the paper's 15-crop feature and the plain one.
+
+15-crop (Wang et al., WACV 2017, Sec. 4.1): resize the image to three scales,
+256, 384 and 512 px for a 224-px network (``× input_size / 224`` otherwise), take five
+``input_size`` crops at each scale (centre and the four corners), run all 15 crops
+through the network in one batched pass and average the 15 pooled features.
+
+Both functions are graph code (used inside the SavedModel signatures) and take raw
+detector counts; the normalisation is ``xrayscatter.normalization``'s.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from xrayscatter.normalization import normalize_counts, pad_to_square, to_model_input
+
+PAPER_INPUT_SIZE = 224
+PAPER_SCALES = (256, 384, 512)
+NUM_CROPS = 5 * len(PAPER_SCALES)
+
+
+def fifteen_crop_scales(input_size: int) -> tuple[int, ...]:
+    """Side (px) of the three resized images: (256, 384, 512) × input_size / 224, rounded."""
+    return tuple(int(round(s * input_size / PAPER_INPUT_SIZE)) for s in PAPER_SCALES)
+
+
+def five_crops(images: tf.Tensor, crop: int) -> tf.Tensor:
+    """(B, N, N, C) → (5·B, crop, crop, C): centre, top-left, top-right, bottom-left, bottom-right.
+
+    Crop-major order: rows ``k·B … k·B + B − 1`` hold crop ``k`` of every image.
+    """
+    size = tf.shape(images)[1]
+    far = size - crop
+    centre = far // 2
+    corners = ((centre, centre), (0, 0), (0, far), (far, 0), (far, far))
+    crops = tf.concat([images[:, top:top + crop, left:left + crop, :] for top, left in corners], axis=0)
+    # Tensor offsets lose the static crop size; the backbone wants it back.
+    return tf.ensure_shape(crops, (None, crop, crop, images.shape[-1]))
+
+
+def fifteen_crops(counts: tf.Tensor, input_size: int) -> tf.Tensor:
+    """(B, H, W) raw counts → (15·B, input_size, input_size, 1) normalised crops.
+
+    Order: scale-major, then crop (as :func:`five_crops`), then image.
+    """
+    square = pad_to_square(normalize_counts(counts)[..., None])
+    crops = []
+    for scale in fifteen_crop_scales(input_size):
+        resized = tf.image.resize(square, (scale, scale), method="bilinear", antialias=True)
+        crops.append(five_crops(resized, input_size))
+    return tf.concat(crops, axis=0)
+
+
+def fifteen_crop_features(backbone, counts: tf.Tensor, input_size: int) -> tf.Tensor:
+    """(B, H, W) raw counts → (B, F) float32: the mean of the 15 crops' pooled features.
+
+    Args:
+        backbone: (n, S, S, 1) → (n, F) feature model (``models.resnet.build_backbone``).
+        input_size: S (px), the backbone's input side.
+    """
+    batch = tf.shape(counts)[0]
+    features = tf.cast(backbone(fifteen_crops(counts, input_size), training=False), tf.float32)
+    features = tf.reshape(features, (NUM_CROPS, batch, features.shape[-1]))  # static F: the signature shows (-1, F)
+    return tf.reduce_mean(features, axis=0)
+
+
+def plain_features(backbone, counts: tf.Tensor, input_size: int) -> tf.Tensor:
+    """(B, H, W) raw counts → (B, F) float32 feature of the image resized to the input size."""
+    return tf.cast(backbone(to_model_input(counts, input_size), training=False), tf.float32)
