@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     """
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if argv and "--help" not in argv:
+        from xrayscatter.tf_runtime import import_tensorflow
+
+        import_tensorflow()
     try:
         app(args=argv, prog_name="xrayscatter")
     except XrayscatterError as e:

@@ -151,6 +151,8 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
 def _count(rng, expected: np.ndarray, maps: RunMaps) -> tuple[np.ndarray, dict]:
     """Counting statistics and detector defects → stored counts."""
     d = maps.params["detector"]
+    if maps.response is not None:
+        expected = expected * maps.response
     counts = det.poisson_counts(expected, rng)
     if d["kind"] == "ccd":
         counts = det.ccd_readout(counts, rng, d["dark_offset"], d["read_noise"], d["gain"])

@@ -115,7 +115,10 @@ def sample_run_params(seed: int, run_id: int, image_size: int, saxs_fraction: fl
                 "binning": 1 / scale, "max_count": det.max_count,
                 "psf_px": rng.uniform(0.0, 0.6) if kind == "pixel" else rng.uniform(0.3, 1.2)}
     if kind == "ccd":
-        detector.update(dark_offset=rng.uniform(0, 120), read_noise=rng.uniform(1, 10), gain=rng.uniform(0.5, 2.0))
+        detector.update(dark_offset=rng.uniform(0, 120), read_noise=rng.uniform(1, 10), gain=rng.uniform(0.5, 2.0),
+                        # imperfect flat-field correction and fibre-optic taper vignetting
+                        flat_field_sigma=rng.uniform(0.0, 0.03), vignetting=rng.uniform(0.0, 0.3),
+                        flat_field_seed=int(rng.integers(2**31)))
     detector.update(hot_fraction=_log_uniform(rng, 1e-6, 3e-4), dead_fraction=_log_uniform(rng, 1e-6, 3e-4),
                     zinger_rate=_log_uniform(rng, 1e-7, 5e-5) if kind == "ccd" else 0.0)
 
@@ -159,6 +162,7 @@ class RunMaps:
     q_bin: np.ndarray  # (H, W) int32: radial bin of each pixel, for tag statistics
     bin_edges: np.ndarray  # (B+1,) Å⁻¹
     q_step_px: float  # Δq of one pixel at the median radius (Å⁻¹)
+    response: np.ndarray | None = None  # (H, W) float32 pixel response (CCD flat field × vignetting), None = 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -221,8 +225,14 @@ def _build_maps(params: dict) -> RunMaps:
     q_bin = np.clip(np.searchsorted(bin_edges, q, side="right") - 1, 0, n_bins - 1).astype(np.int32)
     r_med = float(np.median(radius))
     q_step = float(geometry.q_from_radius_px(r_med + 0.5) - geometry.q_from_radius_px(max(r_med - 0.5, 0)))
+    response = None
+    if "flat_field_sigma" in det:
+        noise = np.random.default_rng(det["flat_field_seed"]).normal(scale=det["flat_field_sigma"], size=shape)
+        yy = (np.arange(shape[0]) + 0.5 - shape[0] / 2)[:, None] / (shape[0] / 2)
+        xx = (np.arange(shape[1]) + 0.5 - shape[1] / 2)[None, :] / (shape[1] / 2)
+        response = ((1.0 + noise) * (1.0 - det["vignetting"] * (xx * xx + yy * yy) / 2)).astype(np.float32)
     return RunMaps(params, geometry, q, chi, factor.astype(np.float32), valid, opacity.astype(np.float32),
-                   transmission.astype(np.float32), q_grid, grid_index, grid_frac, q_bin, bin_edges, q_step)
+                   transmission.astype(np.float32), q_grid, grid_index, grid_frac, q_bin, bin_edges, q_step, response)
 
 
 @lru_cache(maxsize=4)

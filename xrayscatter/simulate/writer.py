@@ -127,8 +127,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) -> dict:
     """Simulate and write one shard (runs in a worker process). Returns its summary."""
-    import tensorflow as tf  # in the worker only: the parent process stays light
+    from xrayscatter.tf_runtime import import_tensorflow
 
+    tf = import_tensorflow()  # quietly, once per worker
     from xrayscatter.schema import serialize_example
 
     out_dir = dataset_dir(config)
