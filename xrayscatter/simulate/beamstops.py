@@ -57,3 +57,21 @@ def blur_opacity(opacity: np.ndarray, sigma_px: float) -> np.ndarray:
     if sigma_px <= 0.05:
         return opacity
     return np.clip(gaussian_filter(opacity, sigma_px, mode="nearest"), 0.0, 1.0).astype(np.float32)
+
+
+def edge_shadow(shape, side: int, depth: float, angle: float) -> np.ndarray:
+    """Opacity of something upstream shading one edge (0 top, 1 right, 2 bottom, 3 left) of the
+    detector to ``depth`` (fraction of the image), its edge tilted by ``angle`` (rad). Not a beamstop."""
+    h, w = shape
+    y = (np.arange(h, dtype=np.float32)[:, None] + 0.5) / h
+    x = (np.arange(w, dtype=np.float32)[None, :] + 0.5) / w
+    t = np.float32(np.tan(angle))
+    if side == 0:
+        inside = y < depth + t * (x - 0.5)
+    elif side == 1:
+        inside = x > 1 - depth + t * (y - 0.5)
+    elif side == 2:
+        inside = y > 1 - depth + t * (x - 0.5)
+    else:
+        inside = x < depth + t * (y - 0.5)
+    return inside.astype(np.float32)

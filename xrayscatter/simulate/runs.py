@@ -130,8 +130,15 @@ def sample_run_params(seed: int, run_id: int, image_size: int, saxs_fraction: fl
         "air_exponent": rng.uniform(-3.0, -1.0),
         "streaks": int(rng.integers(1, 3)) if rng.random() < 0.25 else 0,
     }
+    # Synchrotron beams are polarised in the horizontal plane; laboratory sources are not.
+    polarization = rng.uniform(0.9, 0.99) if rng.random() < 0.8 else 0.5
+    # Now and then something upstream (window frame, sample stage, flight-tube edge) shades an edge of the detector.
+    shadow = None
+    if rng.random() < 0.12:
+        shadow = _round({"side": int(rng.integers(4)), "depth": rng.uniform(0.03, 0.25), "angle": rng.normal(scale=0.1),
+                         "transmission": rng.uniform(0.0, 0.4), "blur_px": size * rng.uniform(0.002, 0.02)})
     return {
-        "run_id": int(run_id), "mode": mode,
+        "run_id": int(run_id), "mode": mode, "polarization": round(float(polarization), 4), "shadow": shadow,
         "geometry": Geometry(energy, distance, pixel_size, height, width, float(bx), float(by),
                              float(tilt_x), float(tilt_y)).to_dict(),
         "beam_placement": placement, "detector": detector, "beamstop": _round(beamstop),
@@ -187,9 +194,7 @@ def _build_maps(params: dict) -> RunMaps:
     two_theta = geometry.two_theta_map()
     q = geometry.q_map()
     chi = geometry.chi_map()
-    factor = geometry.solid_angle_map()
-    if params["mode"] == "WAXS":
-        factor = factor * polarization_factor(two_theta, chi)
+    factor = geometry.solid_angle_map() * polarization_factor(two_theta, chi, params.get("polarization", 0.98))
     det = params["detector"]
     from xrayscatter.simulate.geometry import DETECTORS  # local: the table above is the source
 
@@ -213,6 +218,10 @@ def _build_maps(params: dict) -> RunMaps:
         transmission = 1.0 - opacity * (1.0 - bs["leak"])
     else:
         transmission = np.ones(shape, dtype=np.float32)
+    if params.get("shadow"):
+        sh = params["shadow"]
+        edge = beamstops.edge_shadow(shape, sh["side"], sh["depth"], sh["angle"])
+        transmission = transmission * (1.0 - beamstops.blur_opacity(edge, sh["blur_px"]) * (1.0 - sh["transmission"]))
 
     q_lo, q_hi = float(q.min()), float(q.max())
     n_grid = int(2 * (radius.max() - radius.min()) + 64)  # ≥ 2 nodes per pixel of radius
