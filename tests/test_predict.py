@@ -118,6 +118,10 @@ def test_glob_and_recursive_choose_the_files(tmp_path, tagging_model):
     assert len(list(csv.DictReader(output.open()))) == 2 * len(expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "run1"]  # no temporary file left
 
+    inside = tmp_path / "run1" / "tags.csv"  # a second run must not read its own earlier output
+    for _ in range(2):
+        assert predict_directory(tmp_path / "run1", model=tagging_model, output=inside, glob="*", quiet=True) == []
+
 
 def test_empty_folder_and_missing_model_exit_2_with_a_clear_message(tmp_path, resnet_dir, capsys):
     (tmp_path / "empty").mkdir()

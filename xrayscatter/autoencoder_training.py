@@ -123,11 +123,12 @@ def error_statistics(rmse: np.ndarray, patch_size: int) -> dict:
             "rmse": summary(rmse), "l2": summary(rmse * patch_size)}
 
 
-def _display(patches: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """Patches (N, P, P) → uint8 for viewing; each column stretched to its reference patch's range."""
-    reference = patches if reference is None else reference
-    low = reference.min(axis=(1, 2), keepdims=True)
-    high = reference.max(axis=(1, 2), keepdims=True)
+def _display(patches: np.ndarray, *others: np.ndarray) -> np.ndarray:
+    """Patches (N, P, P) → uint8 for viewing, each stretched to the grey range it shares with
+    the same-index patches of ``others`` (an original and its reconstruction share one range)."""
+    stack = np.stack((patches,) + others)
+    low = stack.min(axis=(0, 2, 3))[:, None, None]
+    high = stack.max(axis=(0, 2, 3))[:, None, None]
     scaled = (patches - low) / np.maximum(high - low, 1e-6)
     return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 
@@ -152,7 +153,7 @@ def figure6_selection(rmse: np.ndarray, columns: int = FIGURE_COLUMNS) -> np.nda
 def reconstruction_strip(patches: np.ndarray, recon: np.ndarray, rmse: np.ndarray) -> np.ndarray:
     """Fig. 6: (2·P + gap, W) uint8 — originals on top, reconstructions below, error rising left to right."""
     pick = figure6_selection(rmse)
-    return _tile([_display(patches[pick]), _display(recon[pick], patches[pick])])
+    return _tile([_display(patches[pick], recon[pick]), _display(recon[pick], patches[pick])])
 
 
 def decoded_prototypes(model: keras.Model, count: int = PROTOTYPES_SHOWN) -> np.ndarray:
@@ -304,7 +305,7 @@ def write_report(report_dir: Path, summary: dict, strip: np.ndarray, grid: np.nd
         "",
         f"![prototypes]({files['fig7'].name})",
         "",
-        "Each patch is stretched to its own grey range.",
+        "Each column (original and reconstruction) shares one grey range; each prototype has its own.",
         "",
     ]
     _write_atomic(files["markdown"], "\n".join(lines).encode())
@@ -386,6 +387,7 @@ def train_autoencoder(config, images_dir: str | Path | None = None) -> dict:
                      "first_epoch_this_run": recorder.first_epoch if recorder.first_epoch is not None else ae.epochs,
                      "epoch_seconds": recorder.epoch_seconds,
                      "loss": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+                     # epoch wall time includes the per-epoch validation and figures
                      "patches_per_second": (len(recorder.epoch_seconds) * steps * ae.batch_size
                                             / max(sum(recorder.epoch_seconds), 1e-9))},
         "reconstruction_error": stats,

@@ -188,7 +188,7 @@ def random_patches(counts: tf.Tensor, seed: tf.Tensor, scales, patches_per_image
     return tf.concat(out, axis=0)
 
 
-def patch_dataset(images: tf.Tensor | tf.data.Dataset, ae_config, seed: int, batch_size: int,
+def patch_dataset(images: tf.data.Dataset, ae_config, seed: int, batch_size: int,
                   training: bool, shuffle_buffer: int = 8192) -> tf.data.Dataset:
     """Images → batches of (patches, patches) pairs for ``model.fit``.
 

@@ -100,8 +100,9 @@ class TaggingModel:
     """
 
     def __init__(self, path: str | Path):
-        import tensorflow as tf
+        from xrayscatter.tf_runtime import import_tensorflow
 
+        tf = import_tensorflow()
         self.path = Path(path)
         metadata = _read_metadata(self.path)
         try:
@@ -216,6 +217,33 @@ def read_ahead(paths: Iterable[Path], workers: int, lookahead: int) -> Iterator[
             yield (path, *future.result())
 
 
+_ALLOCATOR_TUNED = False
+
+
+def reuse_freed_memory_for_frames() -> None:
+    """Ask glibc's malloc to keep large freed blocks for reuse instead of returning them to the OS.
+
+    Each 1024² frame is decoded into fresh 4 MB arrays and each batch is a fresh 64 MB array.
+    By default glibc serves such sizes with mmap and unmaps them on free, so every new array
+    page-faults its memory in again: about half the reading time (measured: 16 frames read
+    and stacked in 0.10 s before, 0.05 s after). Raising the mmap and trim thresholds keeps
+    the memory in the heap (the process keeps its peak size). No-op where glibc is absent.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        libc.mallopt(m_mmap_threshold, 512 << 20)  # returns 0 (and changes nothing) if refused
+        libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1)))
 
@@ -255,6 +283,10 @@ def predict_directory(
         raise XrayscatterError(f"--batch-size must be ≥ 1, got {batch_size}")
     output_format = _output_format(output) if output is not None else None
     paths = list_detector_files(directory, recursive=recursive, glob=glob)
+    if output is not None:  # a previous run's output inside the folder is not an image to tag
+        paths = [p for p in paths if p.resolve() != Path(output).resolve()]
+        if not paths:
+            raise XrayscatterError(f"{directory}: no detector images besides the output file {output}")
     tagging_model = model if isinstance(model, TaggingModel) else TaggingModel(resolve_model_dir(model))
 
     started = time.perf_counter()
@@ -271,47 +303,53 @@ def predict_directory(
 
 def run_predictions(model: TaggingModel, paths: list[Path], batch_size: int = 16, workers: int = 2,
                     show_progress: bool = True) -> list[ImageResult]:
-    """Read and tag ``paths``; one :class:`ImageResult` per path, in the same order."""
+    """Read and tag ``paths``; one :class:`ImageResult` per path, in the same order.
+
+    Reader threads decode the next files while this thread runs the model (TF releases the
+    GIL). The model runs here rather than in a thread of its own: on a small CPU a third
+    busy stage only steals cores from TF's intra-op threads (measured slower).
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    reuse_freed_memory_for_frames()
     results = [ImageResult(path) for path in paths]
-    batches: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}  # same-shape images waiting
+    waiting: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}  # same-shape images, not yet a batch
 
     progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
                         console=Console(stderr=True), disable=not show_progress, transient=True)
+    started = time.perf_counter()
+    done = 0
+
+    def run(batch: list[tuple[int, np.ndarray]]) -> None:
+        nonlocal done
+        indices = [i for i, _ in batch]
+        try:
+            scores, decisions = model(np.stack([counts for _, counts in batch]))
+        except Exception as e:  # noqa: BLE001 - a failed batch is reported per file, the others go on
+            for i in indices:
+                results[i].error = f"prediction failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+        else:
+            for row, i in enumerate(indices):
+                results[i].scores, results[i].decisions = scores[row], decisions[row]
+        done += len(indices)
+        progress.update(task, advance=len(indices), rate=f"{done / (time.perf_counter() - started):.1f}")
+
     with progress:
         task = progress.add_task("predict", total=len(paths), rate="–")
-        started = time.perf_counter()
-        done = 0
-
-        def run(batch: list[tuple[int, np.ndarray]]) -> None:
-            nonlocal done
-            indices = [i for i, _ in batch]
-            try:
-                scores, decisions = model(np.stack([counts for _, counts in batch]))
-            except Exception as e:  # noqa: BLE001 - a failed batch is reported per file, others go on
-                for i in indices:
-                    results[i].error = f"prediction failed ({type(e).__name__}: {str(e).splitlines()[0]})"
-            else:
-                for row, i in enumerate(indices):
-                    results[i].scores, results[i].decisions = scores[row], decisions[row]
-            done += len(batch)
-            progress.update(task, advance=len(batch), rate=f"{done / (time.perf_counter() - started):.1f}")
-
         lookahead = 2 * batch_size + workers
         for index, (path, counts, reason) in enumerate(read_ahead(paths, workers, lookahead)):
             if reason is not None:
                 results[index].error = reason
                 progress.advance(task)
                 continue
-            group = batches.setdefault(counts.shape, [])
+            group = waiting.setdefault(counts.shape, [])
             group.append((index, counts))
             if len(group) == batch_size:
-                run(batches.pop(counts.shape))
-        for shape in list(batches):
-            run(batches.pop(shape))
+                run(waiting.pop(counts.shape))
+        for shape in list(waiting):
+            run(waiting.pop(shape))
     return results
 
 

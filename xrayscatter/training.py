@@ -157,6 +157,44 @@ def export_copy(classifier: keras.Model, config) -> tuple[keras.Model, keras.Mod
 
 
 # --------------------------------------------------------------------------- callbacks
+class SyncBatchNormStatistics(keras.callbacks.Callback):
+    """Averages the non-trainable weights (batch-norm moving statistics) over the replicas after every epoch.
+
+    Keras 3 creates them with aggregation "none": under a MirroredStrategy each replica
+    updates its own copy from its own per-replica batches and the copies drift apart
+    (the trainable weights are all-reduced and stay equal). The update is linear,
+    m ← μ·m + (1 − μ)·s, so the mean of the copies is exactly what averaging every step
+    would give; doing it once per epoch costs nothing. Runs before every callback that
+    evaluates, checkpoints or backs up the model.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.strategy = strategy
+        self._sync = None
+
+    def _build(self):
+        variables = [w.value for w in self.model.non_trainable_weights]
+
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in variables])
+            for variable, mean in zip(variables, means):
+                variable.assign(mean)
+
+        return tf.function(lambda: self.strategy.run(replica_fn))
+
+    def synchronize(self) -> None:
+        if self.strategy.num_replicas_in_sync == 1 or not self.model.non_trainable_weights:
+            return
+        if self._sync is None:
+            self._sync = self._build()
+        self._sync()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.synchronize()
+
+
 class Throughput(keras.callbacks.Callback):
     """Adds ``images_per_second`` (training steps only, first step of each epoch excluded) and ``learning_rate``."""
 
@@ -456,7 +494,7 @@ def train_resnet(config, strategy: tf.distribute.Strategy | None = None) -> dict
 
     throughput = Throughput(settings.batch_size)
     validation = ValidationMetrics(config, val_paths)
-    callbacks = [throughput, validation]
+    callbacks = [SyncBatchNormStatistics(strategy), throughput, validation]
     if chief:
         callbacks += [
             TensorBoardFigures(run_dir, validation, backbone),

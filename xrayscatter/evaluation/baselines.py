@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.ndimage import uniform_filter
 from skimage.feature import daisy, hog, local_binary_pattern
+from threadpoolctl import threadpool_limits
 
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.evaluation.features import FeatureCache, FeatureMatrix
@@ -124,9 +125,14 @@ def bow_features(preprocessed: np.ndarray, codebook_size: int, seed: int, thread
     if len(sample) < codebook_size:
         raise XrayscatterError(f"bag of words: only {len(sample)} descriptors for a codebook of {codebook_size} "
                                "words; lower evaluate.bow_codebook_size")
-    kmeans = MiniBatchKMeans(n_clusters=codebook_size, batch_size=4096, n_init=3, random_state=seed)
-    kmeans.fit(sample)
-    return np.stack([spm_word_histograms(kmeans.predict(d), r, c, size, codebook_size) for d, r, c in described])
+    # One thread: k-means' OpenMP threads slow it down 10× or more when the cores are shared.
+    with threadpool_limits(1):
+        kmeans = MiniBatchKMeans(n_clusters=codebook_size, batch_size=4096, n_init=1, random_state=seed)
+        kmeans.fit(sample)
+        words = kmeans.predict(np.concatenate([d for d, _, _ in described]))
+    ends = np.cumsum([len(d) for d, _, _ in described])
+    return np.stack([spm_word_histograms(w, r, c, size, codebook_size)
+                     for w, (_, r, c) in zip(np.split(words, ends[:-1]), described)])
 
 
 # --------------------------------------------------------------------------- lbpphog

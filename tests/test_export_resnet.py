@@ -1,0 +1,186 @@
+"""ResNet SavedModel: signatures on raw counts, 15-crop by hand, plain TF and saved_model_cli, publishing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xrayscatter.attributes import ATTRIBUTES
+from xrayscatter.config import replace
+from xrayscatter.errors import XrayscatterError
+from xrayscatter.export import METADATA_FILE, export_resnet, publish_saved_model, saved_model_versions
+from xrayscatter.features import fifteen_crop_scales
+from xrayscatter.models.resnet import build_backbone, build_classifier
+from xrayscatter.normalization import normalize_counts, pad_to_square, to_model_input
+
+SAVED_MODEL_CLI = Path(sys.executable).with_name("saved_model_cli")
+INPUT_SIZE = 32
+SIGNATURES = {"serving_default": "probabilities", "features_15crop": "features", "features": "features"}
+
+
+@pytest.fixture(scope="module")
+def exported(smoke_config, tmp_path_factory):
+    """(SavedModel folder, classifier, backbone) of a tiny ResNet with non-trivial batch-norm statistics."""
+    config = replace(smoke_config, "resnet", input_size=INPUT_SIZE, width_multiplier=0.125,
+                     output_dir=str(tmp_path_factory.mktemp("saved_models") / "resnet"))
+    keras.utils.set_random_seed(3)
+    backbone = build_backbone(INPUT_SIZE, 0.125)
+    classifier = build_classifier(backbone)
+    rng = np.random.default_rng(3)
+    for layer in backbone.layers:  # as if trained: the export must carry the moving statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
+    path = export_resnet(classifier, backbone, config, {"note": "test"})
+    return path, classifier, backbone
+
+
+@pytest.fixture(scope="module")
+def counts():
+    """Two raw detector frames, not square, with masked (negative, NaN) pixels."""
+    rng = np.random.default_rng(5)
+    images = rng.gamma(1.0, 300.0, size=(2, 41, 57)).astype(np.float32)
+    images[:, :, 20:23] = -1.0  # a module gap
+    images[0, 3, 4] = np.nan
+    return images
+
+
+@pytest.fixture(scope="module")
+def expected(exported, counts) -> dict:
+    """What each signature must return, computed directly with the Keras models."""
+    _, classifier, backbone = exported
+    x = to_model_input(tf.constant(counts), INPUT_SIZE)
+    return {"serving_default": classifier(x, training=False).numpy(),
+            "features": backbone(x, training=False).numpy(),
+            "features_15crop": _fifteen_crop_by_hand(backbone, counts)}
+
+
+def _fifteen_crop_by_hand(backbone, counts) -> np.ndarray:
+    """15 separate forward passes of explicitly sliced crops, averaged."""
+    square = pad_to_square(normalize_counts(tf.constant(counts))[..., None])
+    features = []
+    for scale in fifteen_crop_scales(INPUT_SIZE):
+        resized = tf.image.resize(square, (scale, scale), method="bilinear", antialias=True).numpy()
+        far, mid = scale - INPUT_SIZE, (scale - INPUT_SIZE) // 2
+        for top, left in ((mid, mid), (0, 0), (0, far), (far, 0), (far, far)):
+            crop = resized[:, top:top + INPUT_SIZE, left:left + INPUT_SIZE, :]
+            features.append(backbone(crop, training=False).numpy())
+    assert len(features) == 15
+    return np.mean(features, axis=0)
+
+
+def test_signatures_on_raw_counts_equal_the_keras_models(exported, counts, expected):
+    path, _, _ = exported
+    assert fifteen_crop_scales(224) == (256, 384, 512) and fifteen_crop_scales(INPUT_SIZE) == (37, 55, 73)
+    loaded = tf.saved_model.load(str(path))
+    for signature, output in SIGNATURES.items():
+        result = loaded.signatures[signature](images=tf.constant(counts))
+        assert list(result) == [output]
+        np.testing.assert_allclose(result[output].numpy(), expected[signature], rtol=1e-4, atol=1e-5,
+                                   err_msg=signature)
+    assert expected["features_15crop"].shape == (2, 256)
+    # The 15-crop mean is not just the plain feature.
+    assert not np.allclose(expected["features_15crop"], expected["features"], atol=1e-4)
+
+
+def test_metadata_travels_inside_the_saved_model(exported):
+    path, _, _ = exported
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    assert metadata["attributes"] == list(ATTRIBUTES)
+    assert metadata["input_size"] == INPUT_SIZE and metadata["feature_size"] == 256
+    assert "log1p" in metadata["normalization"] and metadata["note"] == "test"
+    assert metadata["config"]["resnet"]["input_size"] == INPUT_SIZE
+    loaded = tf.saved_model.load(str(path))
+    assert json.loads(loaded.metadata_json[0].numpy()) == metadata
+    assert [n.decode() for n in loaded.attribute_names[0].numpy()] == list(ATTRIBUTES)
+    assert int(loaded.input_size[0].numpy()) == INPUT_SIZE
+
+
+def test_plain_tensorflow_process_loads_and_calls_every_signature(exported, counts, expected, tmp_path):
+    path, _, _ = exported
+    np.save(tmp_path / "images.npy", counts)
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        model = tf.saved_model.load({str(path)!r})
+        images = tf.constant(np.load({str(tmp_path / 'images.npy')!r}))
+        for name in {list(SIGNATURES)!r}:
+            for key, value in model.signatures[name](images=images).items():
+                np.save({str(tmp_path)!r} + f"/{{name}}.npy", value.numpy())
+        assert not any(m.startswith("xrayscatter") for m in sys.modules), "xrayscatter was imported"
+        print(len(model.attribute_names[0].numpy()))
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH="")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "17"
+    for signature in SIGNATURES:
+        np.testing.assert_allclose(np.load(tmp_path / f"{signature}.npy"), expected[signature],
+                                   rtol=1e-4, atol=1e-5, err_msg=signature)
+
+
+def test_saved_model_cli_runs_every_signature_in_the_session_loader(exported, counts, expected, tmp_path):
+    path, _, _ = exported
+    np.save(tmp_path / "images.npy", counts)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    runs = {signature: subprocess.Popen(
+        [str(SAVED_MODEL_CLI), "run", "--dir", str(path), "--tag_set", "serve", "--signature_def", signature,
+         "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir", str(tmp_path / signature), "--overwrite"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for signature in SIGNATURES}
+    for signature, process in runs.items():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        result = np.load(tmp_path / signature / f"{SIGNATURES[signature]}.npy")
+        np.testing.assert_allclose(result, expected[signature], rtol=1e-4, atol=1e-5, err_msg=signature)
+
+    shown = subprocess.run([str(SAVED_MODEL_CLI), "show", "--all", "--dir", str(path)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    for signature, output in SIGNATURES.items():
+        assert f"signature_def['{signature}']" in shown.stdout
+    assert "outputs['probabilities']" in shown.stdout and "inputs['images']" in shown.stdout
+    assert "shape: (-1, 17)" in shown.stdout and "shape: (-1, 256)" in shown.stdout
+
+
+def test_publish_takes_the_next_integer_version_and_never_shows_a_partial_one(tmp_path):
+    base = tmp_path / "resnet"
+    (base / "1").mkdir(parents=True)
+    (base / "7").mkdir()
+    (base / "notes").mkdir()
+
+    def write(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "saved_model.pb").write_bytes(b"x")
+
+    first = publish_saved_model(write, base, {"model": "m"})
+    second = publish_saved_model(write, base)
+    assert (first.name, second.name) == ("8", "9")
+    assert json.loads((first / METADATA_FILE).read_text()) == {"model": "m"}
+    assert not (second / METADATA_FILE).exists()
+
+    def failing(folder: Path) -> None:
+        write(folder)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        publish_saved_model(failing, base)
+    assert saved_model_versions(base) == [1, 7, 8, 9]
+    assert sorted(p.name for p in base.iterdir()) == ["1", "7", "8", "9", "notes"]
+
+
+def test_latest_saved_model_without_versions_is_a_clear_error(tmp_path):
+    from xrayscatter.export import latest_saved_model
+
+    with pytest.raises(XrayscatterError, match="no SavedModel version"):
+        latest_saved_model(tmp_path)
