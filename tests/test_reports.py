@@ -87,7 +87,7 @@ def test_report_folder_is_complete_self_contained_and_replaced_atomically(tmp_pa
     markdown = (path / "report.md").read_text()
     for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (path / figure).is_file()
-    assert "figures/ap_gap_resnet.png" in markdown and "figures/disagreements_ring.png" in markdown
+    assert "figures/ap_gap_resnet.png" in markdown and "figures/disagreements_000_ring.png" in markdown
     assert "x.tif" in markdown and "How fold APs are combined" in markdown
     html = (path / "report.html").read_text()
     sources = re.findall(r'src="([^"]+)"', html)
@@ -99,4 +99,4 @@ def test_report_folder_is_complete_self_contained_and_replaced_atomically(tmp_pa
     reports.write_report(_report_data(with_images=False), tmp_path)
     assert not (path / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["test-report"]
-    assert not (path / "figures" / "disagreements_ring.png").exists()  # no images: gallery listed only
+    assert not (path / "figures" / "disagreements_000_ring.png").exists()  # no images: gallery listed only

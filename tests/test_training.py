@@ -37,7 +37,7 @@ TWO_REPLICAS = textwrap.dedent("""
                                       summed_binary_crossentropy)
 
     config = config_from_dict(json.loads(sys.argv[1]))
-    size, width, steps, lr = config.resnet.input_size, config.resnet.width_multiplier, 2, 1e-5
+    size, width, steps, lr = config.resnet.input_size, config.resnet.width_multiplier, 1, 1e-3
     strategy = make_strategy()
     keras.utils.set_random_seed(0)
     with strategy.scope():
@@ -48,8 +48,8 @@ TWO_REPLICAS = textwrap.dedent("""
     # per step, replica 0 and replica 1 take the next two per-replica batches.
     data = strategy.distribute_datasets_from_function(
         lambda context: make_dataset(config, "train", training=False, input_context=context))
-    classifier.fit(data, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,
-                   callbacks=[SyncBatchNormStatistics(strategy)])
+    sync = SyncBatchNormStatistics(strategy)
+    classifier.fit(data, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[sync])
 
     # Data parallelism emulated on one device: one model per replica, each step both compute
     # gradients on their own batch (own batch-norm statistics), apply the mean gradient.
@@ -75,15 +75,21 @@ TWO_REPLICAS = textwrap.dedent("""
                       zip(replicas[0].non_trainable_weights, replicas[1].non_trainable_weights)]
         return trainable, statistics
 
-    def update_error(xs, ys, origin):
+    def update_error(xs, ys, origin, names):
         # Distance between two sets of weights relative to the size of the update that led to ys,
-        # over all weights at once: some updates are zero up to rounding (a convolution's bias
-        # in front of batch normalisation has no gradient) and mean nothing on their own.
-        flat = lambda ws: np.concatenate([w.ravel() for w in ws]).astype(np.float64)
+        # over all weights at once, leaving out the convolutions' biases: batch normalisation
+        # follows every convolution, so their gradient is zero and their update pure rounding.
+        keep = [i for i, name in enumerate(names) if not name.endswith("_conv/bias")]
+        flat = lambda ws: np.concatenate([ws[i].ravel() for i in keep]).astype(np.float64)
         return float(np.linalg.norm(flat(xs) - flat(ys)) / np.linalg.norm(flat(ys) - flat(origin)))
 
     (both, statistics), (first_only, _) = emulate((0, 1)), emulate((0,))
     trained = [v.numpy() for v in classifier.trainable_weights]
+    trainable_names = [v.path for v in classifier.trainable_weights]
+    trained_statistics = [v.numpy() for v in classifier.non_trainable_weights]
+    # More steps (an exact comparison is for one step only: later ones amplify rounding through
+    # batch norms over 4 images), then every weight must still be identical on both devices.
+    classifier.fit(data, epochs=2, steps_per_epoch=2, shuffle=False, verbose=0, callbacks=[sync])
     start_trainable = [w for w, v in zip(start, classifier.weights) if v.trainable]
     start_statistics = [w for w, v in zip(start, classifier.weights) if not v.trainable]
     # Model weights: trainable ones and batch-norm statistics (metric state is per replica by design).
@@ -95,10 +101,12 @@ TWO_REPLICAS = textwrap.dedent("""
         "copies_per_weight": sorted({len(c) for c in copies}),
         "max_copy_difference": max(float(np.max(np.abs(c[0] - c[1]))) for c in copies),
         "max_moved": max(float(np.max(np.abs(t - s))) for t, s in zip(trained, start_trainable)),
-        "error_vs_both": update_error(trained, both, start_trainable),
-        "error_vs_first_only": update_error(trained, first_only, start_trainable),
-        "statistics_error": update_error([v.numpy() for v in classifier.non_trainable_weights], statistics,
-                                         start_statistics),
+        "max_moved_later": max(float(np.max(np.abs(v.numpy() - t)))
+                               for v, t in zip(classifier.trainable_weights, trained)),
+        "error_vs_both": update_error(trained, both, start_trainable, trainable_names),
+        "error_vs_first_only": update_error(trained, first_only, start_trainable, trainable_names),
+        "statistics_error": update_error(trained_statistics, statistics, start_statistics,
+                                         [v.path for v in classifier.non_trainable_weights]),
     }))
 """)
 
@@ -112,10 +120,9 @@ def test_two_replicas_both_contribute_gradients_and_stay_in_sync(smoke_dataset):
     assert result["replicas"] == 2 and len(set(result["devices"])) == 2
     assert result["copies_per_weight"] == [2] and result["weights"] > 300  # incl. batch-norm statistics
     assert result["max_copy_difference"] == 0.0  # every weight identical on both devices
-    assert result["max_moved"] > 1e-4  # training did change the weights
-    # The update is the mean of both replicas' gradients, not one replica's (the first step agrees
-    # to 1e-4; the second inherits rounding through batch norms over 4 images, hence 5 %) ...
-    assert result["error_vs_both"] < 0.05
+    assert result["max_moved"] > 1e-4 and result["max_moved_later"] > 1e-4  # training did change the weights
+    # The update is the mean of both replicas' gradients, not one replica's ...
+    assert result["error_vs_both"] < 1e-3
     assert result["error_vs_first_only"] > 0.5
     # ... and the moving statistics are the mean of both replicas' updates.
     assert result["statistics_error"] < 1e-3

@@ -205,7 +205,7 @@ def _read_tiff(path: Path, file_size: int) -> np.ndarray:
                 frames = sum(1 for p in pages if not getattr(p, "is_reduced", False))
             if frames > 1:
                 raise _Reject(f"multi-frame ({frames} frames in one TIFF; save one frame per file)")
-            page = pages.first
+            page = pages[0]
             if page.samplesperpixel > 1 or page.photometric in colour:
                 raise _Reject(f"RGB (colour TIFF, {page.photometric.name}, {page.samplesperpixel} samples per "
                               "pixel; detector images have one)")

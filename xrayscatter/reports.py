@@ -496,7 +496,8 @@ def write_report(data: ReportData, report_root: str | Path) -> Path:
             names["gap"][name] = file
     if data.image_loader is not None:
         for attribute, entry in gallery.items():
-            file = f"figures/disagreements_{slug(attribute)}.png"
+            # the attribute's position keeps names distinct when two attributes slug alike
+            file = f"figures/disagreements_{data.attributes.index(attribute):03d}_{slug(attribute)}.png"
             figures[file] = gallery_figure(attribute, entry, data.image_loader)
             names["gallery"][attribute] = file
 

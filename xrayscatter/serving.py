@@ -92,7 +92,9 @@ def make_predict_request(path_or_counts, model_name: str = "resnet", signature_n
         The request; its input ``images`` (``patches`` for encode/reconstruct) is a DT_FLOAT
         tensor of shape (B, H, W).
     """
-    import tensorflow as tf
+    from xrayscatter.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()  # before tensorflow_serving, which imports TensorFlow noisily
     from tensorflow_serving.apis import predict_pb2
 
     if isinstance(path_or_counts, (str, Path)):

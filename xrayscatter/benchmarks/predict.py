@@ -22,7 +22,7 @@ import numpy as np
 from xrayscatter.errors import XrayscatterError
 
 TARGET_RATIO = 0.8
-REPEATS = 2  # each rate is the best of this many passes (other processes share the CPU)
+REPEATS = 3  # each rate is the best of this many passes (other processes share the CPU)
 
 
 def write_tiff_folder(folder: Path, images: int, size: int, seed: int = 0) -> list[Path]:
