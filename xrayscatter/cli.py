@@ -155,6 +155,17 @@ def serve_request_command(
     typer.echo(rest_request_body(file, signature_name=signature))
 
 
+@app.command("serve-config")
+def serve_config_command(
+    saved_models: Path = typer.Option(Path("saved_models"), "--saved-models", help="Folder holding resnet/, autoencoder/, attributes/."),
+    base_path: str = typer.Option("/models", "--base-path", help="Where the TF Serving container sees that folder."),
+):
+    """Write <saved-models>/models.config for TF Serving (every exported model of this project)."""
+    from xrayscatter.serving import write_models_config
+
+    typer.echo(f"wrote {write_models_config(saved_models, base_path=base_path)}")
+
+
 # --------------------------------------------------------------------------- bench
 @bench_app.command("simulate")
 def bench_simulate_command(
