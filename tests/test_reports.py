@@ -62,7 +62,8 @@ def test_paper_tables_put_the_papers_numbers_beside_the_measured_ones():
 def test_ap_gap_is_the_difference_of_attribute_aps():
     metrics = _report_data().metrics
     gaps = reports.ap_gaps(metrics)
-    resnet, lbp = metrics["feature_sets"]["resnet"]["per_attribute"], metrics["feature_sets"]["lbpphog"]["per_attribute"]
+    resnet = metrics["feature_sets"]["resnet"]["per_attribute"]
+    lbp = metrics["feature_sets"]["lbpphog"]["per_attribute"]
     assert gaps["resnet"]["Ring"] == pytest.approx(resnet["Ring"]["ap_paper"] - lbp["Ring"]["ap_paper"])
     assert reports.ap_gaps({"feature_sets": {"resnet": metrics["feature_sets"]["resnet"]}}) == {}
 

@@ -87,8 +87,8 @@ TWO_REPLICAS = textwrap.dedent("""
     trained = [v.numpy() for v in classifier.trainable_weights]
     trainable_names = [v.path for v in classifier.trainable_weights]
     trained_statistics = [v.numpy() for v in classifier.non_trainable_weights]
-    # More steps (an exact comparison is for one step only: later ones amplify rounding through
-    # batch norms over 4 images), then every weight must still be identical on both devices.
+    # More steps (the exact comparison is for the first one: later steps amplify rounding
+    # differences), then every weight must still be identical on both devices.
     classifier.fit(data, epochs=2, steps_per_epoch=2, shuffle=False, verbose=0, callbacks=[sync])
     start_trainable = [w for w, v in zip(start, classifier.weights) if v.trainable]
     start_statistics = [w for w, v in zip(start, classifier.weights) if not v.trainable]
@@ -112,7 +112,8 @@ TWO_REPLICAS = textwrap.dedent("""
 
 
 def test_two_replicas_both_contribute_gradients_and_stay_in_sync(smoke_dataset):
-    config = replace(smoke_dataset, "resnet", input_size=64, width_multiplier=0.125, batch_size=8, cache=False)
+    # 8 images per replica: batch norms over fewer amplify rounding enough to blur the comparison.
+    config = replace(smoke_dataset, "resnet", input_size=64, width_multiplier=0.125, batch_size=16, cache=False)
     done = subprocess.run([sys.executable, "-c", TWO_REPLICAS, json.dumps(config.to_dict())], env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]

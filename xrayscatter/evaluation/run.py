@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from xrayscatter.attributes import ATTRIBUTES
+from xrayscatter.errors import XrayscatterError
 from xrayscatter.evaluation.baselines import baseline_features
 from xrayscatter.evaluation.datasets import EvaluationData, load_evaluation_data
 from xrayscatter.evaluation.export_attributes import export_attribute_model, fit_deployable_svms
@@ -76,6 +77,7 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
         for name in ev.baselines:
             matrices[name] = baseline_features(name, data, config, cache, threads, progress)
         timing["features_s"] = time.perf_counter() - step
+        _check_svm_memory(matrices, config)
 
         task = progress.add_task("leave-one-run-out SVMs", total=len(matrices) * len(data.run_names))
         results: dict[str, CrossValidation] = {}
@@ -124,6 +126,21 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
     timing["report_s"] = time.perf_counter() - step
     _print_summary(console, metrics, report)
     return report
+
+
+SVM_MEMORY_LIMIT_BYTES = 16 << 30
+
+
+def _check_svm_memory(matrices: dict, config) -> None:
+    """Refuse a problem whose SVM matrices cannot fit: the Gram route holds images² float64 values,
+    the direct route images × dims (a few copies of each)."""
+    for name, matrix in matrices.items():
+        images, dims = matrix.values.shape
+        needed = 3 * 8 * images * min(images, dims)
+        if needed > SVM_MEMORY_LIMIT_BYTES:
+            raise XrayscatterError(
+                f"{config.source or 'config'}: evaluating {images} images of {dims}-d '{name}' features needs about "
+                f"{needed / 2**30:.0f} GiB for the SVMs; set evaluate.max_images (e.g. 3000, XMD's size)")
 
 
 def _nanmean(values: np.ndarray) -> float | None:
@@ -230,7 +247,8 @@ def _print_summary(console: Console, metrics: dict, report: Path) -> None:
     console.print(table)
     if metrics.get("hierarchical"):
         for name, s in metrics["hierarchical"].items():
-            console.print(f"hierarchical {name}: {fmt(s['map_paper'])} (flat {fmt(metrics['feature_sets'][name]['map_paper'])})")
+            flat = metrics["feature_sets"][name]["map_paper"]
+            console.print(f"hierarchical {name}: {fmt(s['map_paper'])} (flat {fmt(flat)})")
     if metrics.get("network_holdout") and metrics["network_holdout"].get("map") is not None:
         console.print(f"ResNet's own outputs on the test split: mAP {fmt(metrics['network_holdout']['map'])}")
     if metrics.get("export") and "path" in metrics["export"]:

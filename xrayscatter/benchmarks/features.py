@@ -1,0 +1,88 @@
+"""`xrayscatter bench features`: the 15-crop feature against 15 plain forward passes (and SPM).
+
+The 15-crop feature of B images is one batched pass over 15·B crops plus the in-graph
+normalisation, three resizes and the cropping. Its ideal rate is the network's plain
+forward rate divided by 15; the ratio of the two says what the extra graph work costs.
+Both are measured in the same run, as ``tf.function``s on the same backbone (weights do
+not change the speed, so an untrained network of the configured shape is used):
+
+* 15-crop — ``features.fifteen_crop_features`` on B raw frames of ``simulate.image_size`` px;
+* plain  — the backbone on 15·B already normalised ``input_size`` images.
+
+Target: 15-crop features/s ≥ 0.9 × (plain passes/s ÷ 15).
+The SPM part comes from ``benchmarks/features_spm.py`` when that module is present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from xrayscatter.features import NUM_CROPS, fifteen_crop_features
+
+
+def _rate(fn, argument, items_per_call: int, seconds: float) -> float:
+    """Items/s of ``fn(argument)`` after two untimed calls, measured for at least ``seconds``."""
+    for _ in range(2):
+        fn(argument).numpy()
+    calls = 0
+    start = time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        fn(argument).numpy()
+        calls += 1
+    return calls * items_per_call / (time.perf_counter() - start)
+
+
+def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0) -> dict:
+    """Measure and print 15-crop features/s against plain forward passes/s ÷ 15.
+
+    Returns:
+        dict with ``fifteen_crop`` (features/s), ``plain_passes`` (passes/s),
+        ``ideal`` (= plain_passes / 15) and ``ratio`` (= fifteen_crop / ideal).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from xrayscatter.models.resnet import build_backbone
+
+    size = config.resnet.input_size
+    frame = config.simulate.image_size
+    backbone = build_backbone(size, config.resnet.width_multiplier)
+    rng = np.random.default_rng(0)
+    counts = tf.constant(rng.gamma(1.0, 200.0, size=(images, frame, frame)).astype(np.float32))
+    crops = tf.constant(rng.random((NUM_CROPS * images, size, size, 1), dtype=np.float32))
+
+    fifteen = tf.function(lambda x: fifteen_crop_features(backbone, x, size))
+    plain = tf.function(lambda x: backbone(x, training=False))
+    console = Console()
+    with console.status("15-crop features"):
+        fifteen_rate = _rate(fifteen, counts, images, seconds)
+    with console.status("plain forward passes"):
+        plain_rate = _rate(plain, crops, NUM_CROPS * images, seconds)
+    result = {"fifteen_crop": fifteen_rate, "plain_passes": plain_rate, "ideal": plain_rate / NUM_CROPS,
+              "ratio": fifteen_rate / (plain_rate / NUM_CROPS)}
+
+    table = Table(title=f"15-crop features, pipeline {config.name}: input {size} px, "
+                        f"width × {config.resnet.width_multiplier:g}, {frame}-px frames, {images} per call")
+    table.add_column("measurement")
+    table.add_column("rate", justify="right")
+    table.add_column("target", justify="right")
+    table.add_row("15-crop features (one batched pass)", f"{fifteen_rate:.2f} features/s", "")
+    table.add_row("plain forward passes", f"{plain_rate:.1f} passes/s", "")
+    table.add_row("ideal 15-crop rate (plain / 15)", f"{result['ideal']:.2f} features/s", "")
+    table.add_row("15-crop / ideal", f"{result['ratio']:.2f}", "≥ 0.9")
+    console.print(table)
+    return result
+
+
+def bench_features(config) -> dict:
+    """The 15-crop benchmark, then the SPM one if ``xrayscatter.benchmarks.features_spm`` exists."""
+    result = {"fifteen_crop": bench_fifteen_crop(config)}
+    if importlib.util.find_spec("xrayscatter.benchmarks.features_spm") is not None:
+        from xrayscatter.benchmarks.features_spm import bench_spm_features
+
+        result["spm"] = bench_spm_features(config)
+    return result
