@@ -95,9 +95,14 @@ def test_report_folder_is_complete_self_contained_and_replaced_atomically(tmp_pa
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "59.5" in html  # the paper's figure beside the measured one
 
-    # Writing again replaces the folder; nothing temporary is left behind.
-    (path / "stale.txt").write_text("old")
+    # Writing again replaces this report's files and keeps the training stages' reports beside them;
+    # nothing temporary is left behind.
+    (path / "resnet_holdout.md").write_text("hold-out AP")
+    (path / "figures" / "stale.png").write_bytes(b"old")
     reports.write_report(_report_data(with_images=False), tmp_path)
-    assert not (path / "stale.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["test-report"]
+    assert (path / "resnet_holdout.md").read_text() == "hold-out AP"
+    assert "resnet_holdout.md" in (path / "report.md").read_text()
+    assert not (path / "figures" / "stale.png").exists()
     assert not (path / "figures" / "disagreements_000_ring.png").exists()  # no images: gallery listed only
+    assert [p.name for p in tmp_path.iterdir()] == ["test-report"]
+    assert not any(p.name.startswith(".") for p in path.iterdir())

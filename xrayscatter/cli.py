@@ -96,6 +96,12 @@ def simulate_preview(
 @train_app.command("resnet")
 def train_resnet_command(pipeline: str = PipelineOption):
     """Train the ResNet on the TFRecords, report hold-out mAP, export saved_models/resnet/<version>/."""
+    if os.environ.get("TF_CONFIG"):
+        # Keras 3 fit fails under MultiWorkerMirroredStrategy (keras#20585): a custom loop instead.
+        from xrayscatter.multiworker import train_resnet_multiworker
+
+        train_resnet_multiworker(_config(pipeline))
+        return
     from xrayscatter.training import train_resnet
 
     train_resnet(_config(pipeline))

@@ -25,7 +25,6 @@ worker ends with identical weights.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time

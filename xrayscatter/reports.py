@@ -46,6 +46,8 @@ FEATURE_LABELS = {
 }
 DEEP_FEATURE_SETS = ("resnet", "autoencoder", "resnet+autoencoder")
 PR_CURVES_PER_FIGURE = 20
+FIGURES = "figures"
+OWN_FILES = ("report.md", "report.html", "metrics.json", FIGURES)
 VERSIONED_PACKAGES = ("numpy", "scipy", "sklearn", "skimage", "tensorflow", "keras", "matplotlib", "fabio",
                       "tifffile")
 
@@ -298,7 +300,8 @@ def _paper(value) -> str:
     return "–" if value is None else f"{value:g}"
 
 
-def build_blocks(data: ReportData, tables: dict, gaps: dict, gallery: dict, figure_names: dict) -> list[tuple]:
+def build_blocks(data: ReportData, tables: dict, gaps: dict, gallery: dict, figure_names: dict,
+                 other_files: list[str] = ()) -> list[tuple]:
     """The report as blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("figure", file, caption),
     ("pre", text)."""
     m = data.metrics
@@ -383,6 +386,9 @@ def build_blocks(data: ReportData, tables: dict, gaps: dict, gallery: dict, figu
     else:
         blocks.append(("p", "No attribute has both positive and negative labels with scores."))
 
+    if other_files:
+        blocks.append(("h2", "Other reports of this pipeline"))
+        blocks.append(("p", "In this folder: " + ", ".join(other_files) + "."))
     blocks.append(("h2", "Data set"))
     shown = {k: v for k, v in ds.items() if k not in ("skipped_items", "positives", "attributes")}
     blocks.append(("pre", json.dumps(shown, indent=2)))
@@ -472,7 +478,10 @@ def render_html(blocks: list[tuple], title: str, figures: dict[str, bytes]) -> s
 
 # --------------------------------------------------------------------------- writing
 def write_report(data: ReportData, report_root: str | Path) -> Path:
-    """Write ``<report_root>/<name>/`` (report.md, report.html, metrics.json, figures/) atomically.
+    """Write report.md, report.html, metrics.json and figures/ into ``<report_root>/<name>/``.
+
+    Each appears atomically (written under a temporary name, then renamed); other files in the
+    folder, such as the training stages' reports, are kept and linked from the report.
 
     ``data.metrics`` gains ``tables``, ``ap_gap_vs_lbpphog``, ``disagreements`` and ``versions``.
     Returns the report folder.
@@ -507,21 +516,27 @@ def write_report(data: ReportData, report_root: str | Path) -> Path:
             figures[file] = gallery_figure(attribute, entry, data.image_loader)
             names["gallery"][attribute] = file
 
-    blocks = build_blocks(data, tables, gaps, gallery, names)
     root = Path(report_root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / data.name
-    temporary = root / f".{data.name}.tmp-{os.getpid()}"
+    final.mkdir(parents=True, exist_ok=True)
+    other_files = sorted(p.name for p in final.iterdir() if p.name not in OWN_FILES and not p.name.startswith(".")
+                         and p.suffix in (".md", ".html", ".json"))
+    blocks = build_blocks(data, tables, gaps, gallery, names, other_files)
+    # The folder is shared with the training stages' reports (resnet_holdout.md, autoencoder.md):
+    # only this report's own files are replaced, each by a rename, figures/ first, metrics.json last.
+    temporary = final / f".evaluation.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     try:
-        (temporary / "figures").mkdir(parents=True)
+        (temporary / FIGURES).mkdir(parents=True)
         for file, png in figures.items():
             (temporary / file).write_bytes(png)
         (temporary / "report.md").write_text(render_markdown(blocks))
         (temporary / "report.html").write_text(render_html(blocks, f"xrayscatter evaluation: {data.name}", figures))
         (temporary / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False, default=_json_default)
                                                 + "\n")
-        _replace_folder(temporary, final)
+        _replace_folder(temporary / FIGURES, final / FIGURES)
+        for name in ("report.md", "report.html", "metrics.json"):
+            os.replace(temporary / name, final / name)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return final

@@ -7,7 +7,9 @@ Both are measured in the same run, as ``tf.function``s on the same backbone (wei
 not change the speed, so an untrained network of the configured shape is used):
 
 * 15-crop — ``features.fifteen_crop_features`` on B raw frames of ``simulate.image_size`` px;
-* plain  — the backbone on 15·B already normalised ``input_size`` images.
+* plain  — the backbone on 15·B already normalised ``input_size`` images,
+
+measured in alternating rounds so that a change of load on shared cores favours neither.
 
 Target: 15-crop features/s ≥ 0.9 × (plain passes/s ÷ 15).
 The SPM part comes from ``benchmarks/features_spm.py`` when that module is present.
@@ -24,16 +26,27 @@ import tensorflow as tf
 from xrayscatter.features import NUM_CROPS, fifteen_crop_features
 
 
-def _rate(fn, argument, items_per_call: int, seconds: float) -> float:
-    """Items/s of ``fn(argument)`` after two untimed calls, measured for at least ``seconds``."""
-    for _ in range(2):
-        fn(argument).numpy()
-    calls = 0
-    start = time.perf_counter()
-    while calls == 0 or time.perf_counter() - start < seconds:
-        fn(argument).numpy()
-        calls += 1
-    return calls * items_per_call / (time.perf_counter() - start)
+def _interleaved_rates(cases: list[tuple], seconds: float, rounds: int = 5) -> list[float]:
+    """Items/s of each ``(fn, argument, items_per_call)``, measured in alternating rounds.
+
+    Alternating (A B A B …) rather than A then B keeps a change in the machine's load
+    (the cores may be shared) from favouring one case. Two untimed calls each first.
+    """
+    for fn, argument, _ in cases:
+        for _ in range(2):
+            fn(argument).numpy()
+    items = [0] * len(cases)
+    elapsed = [0.0] * len(cases)
+    for _ in range(rounds):
+        for i, (fn, argument, per_call) in enumerate(cases):
+            start = time.perf_counter()
+            while True:
+                fn(argument).numpy()
+                items[i] += per_call
+                if time.perf_counter() - start >= seconds / rounds:
+                    break
+            elapsed[i] += time.perf_counter() - start
+    return [n / t for n, t in zip(items, elapsed)]
 
 
 def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0) -> dict:
@@ -58,10 +71,9 @@ def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0) -> dict:
     fifteen = tf.function(lambda x: fifteen_crop_features(backbone, x, size))
     plain = tf.function(lambda x: backbone(x, training=False))
     console = Console()
-    with console.status("15-crop features"):
-        fifteen_rate = _rate(fifteen, counts, images, seconds)
-    with console.status("plain forward passes"):
-        plain_rate = _rate(plain, crops, NUM_CROPS * images, seconds)
+    with console.status("15-crop features and plain forward passes, alternating"):
+        fifteen_rate, plain_rate = _interleaved_rates(
+            [(fifteen, counts, images), (plain, crops, NUM_CROPS * images)], seconds)
     result = {"fifteen_crop": fifteen_rate, "plain_passes": plain_rate, "ideal": plain_rate / NUM_CROPS,
               "ratio": fifteen_rate / (plain_rate / NUM_CROPS)}
 

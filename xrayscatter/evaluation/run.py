@@ -115,7 +115,6 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
                    "group_accuracy": _nanmean(r.group_accuracy)}
             for name, r in results.items()}
     gallery_set = next((s for s in (ev.export_feature_set, *ev.feature_sets, *matrices) if s in results), None)
-    step = time.perf_counter()
     timing["total_before_report_s"] = time.perf_counter() - start
     metrics["timing"] = timing
     report = write_report(ReportData(
@@ -123,7 +122,6 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
         run_names=[data.run_names[r] for r in data.runs], scores={n: r.scores for n, r in results.items()},
         gallery_feature_set=gallery_set, image_loader=data.image, gallery_size=ev.gallery_size),
         ev.report_dir)
-    timing["report_s"] = time.perf_counter() - step
     _print_summary(console, metrics, report)
     return report
 

@@ -115,18 +115,21 @@ class FoldSpace:
             self.gram = np.zeros((num_images, num_images))
             all_rows = slice(None)
             for start in range(0, dims, _GRAM_CHUNK):
-                block = self._standardized_columns(all_rows, start)
+                # float32 products of one chunk (single-precision BLAS is twice as fast), summed in
+                # float64 across chunks: relative error ~1e-6, far below LIBLINEAR's tolerance.
+                block = self._standardized_columns(all_rows, start, np.float32)
                 self.gram += block @ block.T
             self.standardized = None
         else:
             self.gram = None
             self.standardized = self.standardizer.transform(features)
 
-    def _standardized_columns(self, rows: np.ndarray | slice, start: int) -> np.ndarray:
-        """Standardised float64 values of ``rows`` for columns [start, start + chunk)."""
+    def _standardized_columns(self, rows: np.ndarray | slice, start: int, dtype=np.float64) -> np.ndarray:
+        """Standardised values of ``rows`` for columns [start, start + chunk), in ``dtype``."""
         stop = start + _GRAM_CHUNK
-        chunk = self.features[rows, start:stop].astype(np.float64)
-        return (chunk - self.standardizer.mean[start:stop]) * self.standardizer.scale[start:stop]
+        chunk = self.features[rows, start:stop].astype(dtype)
+        return (chunk - self.standardizer.mean[start:stop].astype(dtype)) * self.standardizer.scale[
+            start:stop].astype(dtype)
 
     def design(self, fit_rows: np.ndarray, apply_rows: np.ndarray) -> Design:
         """Training matrix for ``fit_rows`` and scoring matrix for ``apply_rows``."""
