@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(XS) bench simulate
 	$(XS) bench train --pipeline pipelines/smoke.toml
 	$(XS) bench features --pipeline pipelines/smoke.toml
+	$(XS) bench evaluate
+	$(XS) bench predict
 
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir logs
