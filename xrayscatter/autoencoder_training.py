@@ -36,6 +36,7 @@ from xrayscatter.errors import XrayscatterError
 from xrayscatter.export_autoencoder import export_autoencoder
 from xrayscatter.models.autoencoder import build_autoencoder_from_config
 from xrayscatter.normalization import NORMALIZATION_DESCRIPTION
+from xrayscatter.training import make_strategy  # one strategy choice for both networks
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,6 @@ ERROR_DEFINITION = (
     "per patch, rmse = sqrt(mean over the P×P pixels of (x − x̂)²) and l2 = ‖x − x̂‖₂ = P · rmse, "
     "with x the normalised patch (" + NORMALIZATION_DESCRIPTION + ") and x̂ its reconstruction"
 )
-
-
-# --------------------------------------------------------------------------- distribution
-def make_strategy() -> tf.distribute.Strategy:
-    """MultiWorkerMirroredStrategy under TF_CONFIG, else MirroredStrategy over every GPU,
-    else over every logical CPU device (one replica on a plain CPU host)."""
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
 # --------------------------------------------------------------------------- data
