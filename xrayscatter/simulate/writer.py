@@ -172,9 +172,12 @@ def _shard_done(config: PipelineConfig, shard: ShardSpec) -> bool:
     return True
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    for p in out_dir.glob(".*.tmp-*"):
-        p.unlink(missing_ok=True)
+def _remove_stale_temporaries(out_dir: Path, dataset: str, shards: list[ShardSpec]) -> None:
+    """Remove what a killed run left of *these* shards only: other hosts of a job array may be
+    writing other shards into the same folder right now."""
+    for shard in shards:
+        for p in out_dir.glob(f".{shard.filename(dataset)}.tmp-*"):
+            p.unlink(missing_ok=True)
 
 
 def simulate_dataset(config: PipelineConfig, shard_selection: list[int] | None = None,
@@ -195,8 +198,8 @@ def simulate_dataset(config: PipelineConfig, shard_selection: list[int] | None =
         if bad:
             raise XrayscatterError(f"--shards: {bad} outside 0-{len(shards) - 1} (this data set has {len(shards)} shards)")
         shards = [shards[n] for n in shard_selection]
-    _remove_stale_temporaries(out_dir)
     todo = [s for s in shards if not _shard_done(config, s)]
+    _remove_stale_temporaries(out_dir, config.simulate.dataset, todo)
     n_proc = config.simulate.processes if processes is None else processes
     n_proc = n_proc or os.cpu_count() or 1
     n_proc = max(1, min(n_proc, len(todo))) if todo else 1
