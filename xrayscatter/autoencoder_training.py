@@ -55,7 +55,9 @@ class PatchSource:
 
     def __init__(self, description: str, train_images, heldout_images, num_train_images: int):
         self.description = description
-        self.train_images = train_images  # callable() → dataset of (H, W) raw counts, shuffled
+        # callable(input_context=None) → dataset of (H, W) raw counts, shuffled; with an
+        # input context (multi-worker training), only that input pipeline's share of the files
+        self.train_images = train_images
         self.heldout_images = heldout_images  # callable() → dataset of (H, W) raw counts, fixed order
         self.num_train_images = num_train_images
 
@@ -67,7 +69,9 @@ class PatchSource:
         folder = patch_data.dataset_dir(config)
         return cls(
             description=f"simulated TFRecords {folder} (train split; held out: {heldout_split} split)",
-            train_images=lambda: patch_data.tfrecord_images(train_files, shuffle_files=True, seed=config.seed),
+            train_images=lambda context=None: patch_data.share_of_input_pipeline(
+                train_files, context, lambda files: patch_data.tfrecord_images(files, shuffle_files=True,
+                                                                               seed=config.seed)),
             heldout_images=lambda: patch_data.tfrecord_images(heldout_files),
             num_train_images=patch_data.tfrecord_split_size(config, "train"),
         )
@@ -87,7 +91,8 @@ class PatchSource:
             heldout = train
         return cls(
             description=f"detector images in {directory} ({len(train)} train, {len(heldout)} held out)",
-            train_images=lambda: patch_data.folder_images(train, shuffle=True, seed=config.seed),
+            train_images=lambda context=None: patch_data.share_of_input_pipeline(
+                train, context, lambda files: patch_data.folder_images(files, shuffle=True, seed=config.seed)),
             heldout_images=lambda: patch_data.folder_images(heldout),
             num_train_images=len(train),
         )
@@ -303,6 +308,25 @@ def write_report(report_dir: Path, summary: dict, strip: np.ndarray, grid: np.nd
 
 
 # --------------------------------------------------------------------------- training
+def patch_source(config, images_dir: str | Path | None = None) -> PatchSource:
+    """The pipeline's TFRecords, or a folder of real images (argument, else ``autoencoder.real_images_dir``)."""
+    images_dir = images_dir or config.autoencoder.real_images_dir or None
+    return PatchSource.from_folder(config, images_dir) if images_dir else PatchSource.from_tfrecords(config)
+
+
+def heldout_patches(config, source: PatchSource) -> np.ndarray:
+    """(N, P, P) float32 normalised held-out patches, the same ones every call (N ≤ HELDOUT_PATCH_LIMIT).
+
+    Raises:
+        XrayscatterError: no held-out image could be read.
+    """
+    heldout = patch_data.collect_patches(source.heldout_images(), config.autoencoder, seed=config.seed + 1,
+                                         limit=HELDOUT_PATCH_LIMIT)
+    if len(heldout) == 0:
+        raise XrayscatterError(f"{source.description}: no held-out image could be read")
+    return heldout
+
+
 def train_autoencoder(config, images_dir: str | Path | None = None) -> dict:
     """Train, report and export the patch autoencoder of a pipeline.
 
@@ -320,18 +344,14 @@ def train_autoencoder(config, images_dir: str | Path | None = None) -> dict:
         XrayscatterError: no simulated data set, or an unusable image folder.
     """
     ae = config.autoencoder
-    images_dir = images_dir or ae.real_images_dir or None
-    source = PatchSource.from_folder(config, images_dir) if images_dir else PatchSource.from_tfrecords(config)
+    source = patch_source(config, images_dir)
     keras.utils.set_random_seed(config.seed)
 
     strategy = make_strategy()
     steps = ae.steps_per_epoch or max(1, math.ceil(source.num_train_images * ae.patches_per_image / ae.batch_size))
     train_ds = patch_data.patch_dataset(source.train_images(), ae, seed=config.seed, batch_size=ae.batch_size,
                                         training=True)
-    heldout = patch_data.collect_patches(source.heldout_images(), ae, seed=config.seed + 1,
-                                         limit=HELDOUT_PATCH_LIMIT)
-    if len(heldout) == 0:
-        raise XrayscatterError(f"{source.description}: no held-out image could be read")
+    heldout = heldout_patches(config, source)
     val_ds = tf.data.Dataset.from_tensor_slices((heldout, heldout)).batch(ae.batch_size)
 
     with strategy.scope():
@@ -357,7 +377,31 @@ def train_autoencoder(config, images_dir: str | Path | None = None) -> dict:
     # A plain copy outside the strategy: the export must hold ordinary variables, not mirrored ones.
     trained = build_autoencoder_from_config(ae)
     trained.set_weights(model.get_weights())
+    training = {"epochs": ae.epochs, "steps_per_epoch": steps, "batch_size": ae.batch_size,
+                "replicas": strategy.num_replicas_in_sync, "seconds": seconds,
+                "first_epoch_this_run": recorder.first_epoch if recorder.first_epoch is not None else ae.epochs,
+                "epoch_seconds": recorder.epoch_seconds,
+                "loss": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+                # epoch wall time includes the per-epoch validation and figures
+                "patches_per_second": (len(recorder.epoch_seconds) * steps * ae.batch_size
+                                       / max(sum(recorder.epoch_seconds), 1e-9))}
+    return finish_autoencoder(config, trained, source, heldout, training)
 
+
+def finish_autoencoder(config, trained: keras.Model, source: PatchSource, heldout: np.ndarray,
+                       training: dict) -> dict:
+    """After training: held-out error distribution, figures, SavedModel export, report files.
+
+    Args:
+        trained: the autoencoder with plain (not distributed) variables.
+        heldout: (N, P, P) held-out patches from :func:`heldout_patches`.
+        training: what the training loop reports (epochs, steps_per_epoch, batch_size,
+            replicas, seconds, loss, ...); stored as the report's ``training``.
+
+    Returns:
+        The report dict written to ``<report_dir>/<pipeline>/autoencoder.json``.
+    """
+    ae = config.autoencoder
     recon, rmse = reconstruction_errors(trained, heldout)
     stats = error_statistics(rmse, ae.patch_size)
     pick = figure6_selection(rmse)
@@ -371,15 +415,8 @@ def train_autoencoder(config, images_dir: str | Path | None = None) -> dict:
                  "heldout_patches": int(len(heldout)), "patches_per_image": ae.patches_per_image,
                  "scales": list(ae.scales)},
         "model": {"patch_size": ae.patch_size, "code_size": ae.code_size, "base_filters": ae.base_filters,
-                  "scales": list(ae.scales), "parameters": int(model.count_params())},
-        "training": {"epochs": ae.epochs, "steps_per_epoch": steps, "batch_size": ae.batch_size,
-                     "replicas": strategy.num_replicas_in_sync, "seconds": seconds,
-                     "first_epoch_this_run": recorder.first_epoch if recorder.first_epoch is not None else ae.epochs,
-                     "epoch_seconds": recorder.epoch_seconds,
-                     "loss": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-                     # epoch wall time includes the per-epoch validation and figures
-                     "patches_per_second": (len(recorder.epoch_seconds) * steps * ae.batch_size
-                                            / max(sum(recorder.epoch_seconds), 1e-9))},
+                  "scales": list(ae.scales), "parameters": int(trained.count_params())},
+        "training": training,
         "reconstruction_error": stats,
         "config": config.to_dict(),
         "versions": {"xrayscatter": xrayscatter.__version__, "tensorflow": tf.__version__,

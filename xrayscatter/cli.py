@@ -93,14 +93,24 @@ def simulate_preview(
 
 
 # --------------------------------------------------------------------------- train
+def _in_cluster() -> bool:
+    from xrayscatter.cluster import cluster_kind
+
+    return cluster_kind() != "local"
+
+
 @train_app.command("resnet")
 def train_resnet_command(pipeline: str = PipelineOption):
-    """Train the ResNet on the TFRecords, report hold-out mAP, export saved_models/resnet/<version>/."""
-    if os.environ.get("TF_CONFIG"):
-        # Keras 3 fit fails under MultiWorkerMirroredStrategy (keras#20585): a custom loop instead.
-        from xrayscatter.multiworker import train_resnet_multiworker
+    """Train the ResNet on the TFRecords, report hold-out mAP, export saved_models/resnet/<version>/.
 
-        train_resnet_multiworker(_config(pipeline))
+    With TF_CONFIG set, or as one task of a multi-task Slurm step, this process is one worker of a
+    multi-worker training (README, "Scaling out").
+    """
+    if _in_cluster():
+        # Keras 3 fit fails under MultiWorkerMirroredStrategy (keras#20585): a custom loop instead.
+        from xrayscatter.multiworker import summary_line, train_resnet_multiworker
+
+        typer.echo(summary_line(train_resnet_multiworker(_config(pipeline))))
         return
     from xrayscatter.training import train_resnet
 
@@ -113,7 +123,12 @@ def train_autoencoder_command(
     images_dir: Optional[Path] = typer.Option(
         None, "--images-dir", help="Train on a folder of real detector images instead of the TFRecords."),
 ):
-    """Train the patch autoencoder, export saved_models/autoencoder/<version>/."""
+    """Train the patch autoencoder, export saved_models/autoencoder/<version>/ (multi-worker in a cluster)."""
+    if _in_cluster():
+        from xrayscatter.multiworker import summary_line, train_autoencoder_multiworker
+
+        typer.echo(summary_line(train_autoencoder_multiworker(_config(pipeline), images_dir=images_dir)))
+        return
     from xrayscatter.autoencoder_training import train_autoencoder
 
     train_autoencoder(_config(pipeline), images_dir=images_dir)
@@ -221,6 +236,58 @@ def bench_predict_command(
     from xrayscatter.benchmarks.predict import bench_predict
 
     bench_predict(model=model, images=images, size=size, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- data-service
+data_service_app = typer.Typer(
+    help="tf.data service: decode and augment the training input on other CPU hosts (resnet.data_service).",
+    no_args_is_help=True)
+app.add_typer(data_service_app, name="data-service")
+
+
+def _serve_forever(server) -> None:
+    """Block in the server's join(); Ctrl-C ends the process (join() does not return to Python for it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    server.join()
+
+
+@data_service_app.command("dispatcher")
+def data_service_dispatcher_command(
+    port: int = typer.Option(..., "--port", help="TCP port to listen on (every interface)."),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", help="Folder for the dispatcher's journal: restarted with the same folder, it carries on."),
+):
+    """Run a tf.data service dispatcher until killed; point resnet.data_service at it."""
+    import socket
+
+    from xrayscatter.data_service import parse_address, start_dispatcher
+
+    server = start_dispatcher(port, str(work_dir) if work_dir else None)
+    _, bound = parse_address(server.target)
+    typer.echo(f"tf.data service dispatcher listening on port {bound} (all interfaces): "
+               f"resnet.data_service = \"{socket.gethostname()}:{bound}\"")
+    _serve_forever(server)
+
+
+@data_service_app.command("worker")
+def data_service_worker_command(
+    dispatcher: str = typer.Option(..., "--dispatcher", help="The dispatcher's HOST:PORT."),
+    port: int = typer.Option(..., "--port", help="TCP port to listen on (every interface)."),
+    worker_address: Optional[str] = typer.Option(
+        None, "--worker-address", help="Host name or IP under which trainers reach this worker (default: host name)."),
+):
+    """Run a tf.data service worker until killed: it runs training input pipelines the dispatcher hands it."""
+    from xrayscatter.data_service import start_worker, worker_hostname
+
+    host = worker_hostname(worker_address)
+    server = start_worker(dispatcher, port, host)
+    # With --port 0 the bound port is only in the private "localhost:<port>" attribute.
+    bound = port or getattr(server, "_address", ":0").rsplit(":", 1)[1]
+    typer.echo(f"tf.data service worker listening on port {bound} (all interfaces), registered as {host}:{bound} "
+               f"with dispatcher {dispatcher}")
+    _serve_forever(server)
 
 
 def main(argv: list[str] | None = None) -> None:

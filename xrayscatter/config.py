@@ -71,6 +71,9 @@ class ResNetConfig:
     xla: bool = False
     cache: bool = False  # cache decoded images in memory (small data sets)
     shuffle_buffer: int = 1024
+    # tf.data service dispatcher ("host:port" or "grpc://host:port") whose workers run the training
+    # input pipeline on other CPU hosts; "" → the local pipeline. See xrayscatter/data_service.py.
+    data_service: str = ""
     output_dir: str = "saved_models/resnet"
     log_dir: str = "logs/resnet"
 
@@ -81,6 +84,13 @@ class ResNetConfig:
         _check(self.epochs >= 1, where, "resnet.epochs", "must be ≥ 1")
         _check(self.steps_per_epoch >= 0, where, "resnet.steps_per_epoch", "must be ≥ 0")
         _check(self.learning_rate > 0, where, "resnet.learning_rate", "must be > 0")
+        if self.data_service:
+            from xrayscatter.data_service import parse_address
+
+            try:
+                parse_address(self.data_service)
+            except XrayscatterError as e:
+                raise XrayscatterError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)

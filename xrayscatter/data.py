@@ -2,7 +2,7 @@
 
     shard list ─► (per-worker shard) ─► shuffle files (train) ─► parallel interleave
     ─► parse + decode 16-bit PNG ─► normalise, pad square, resize (in graph) ─► cache (optional)
-    ─► shuffle + repeat + augment (train) ─► batch ─► prefetch
+    ─► shuffle + repeat + augment (train) ─► batch ─► (tf.data service, train, optional) ─► prefetch
 
 Every stage runs with ``AUTOTUNE`` parallelism; training reads in non-deterministic
 order (faster), evaluation in a fixed order (so predictions line up with labels).
@@ -187,6 +187,9 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
         augmentation: random crops and flips when training (default ``config.resnet.augment``).
         paths: shard paths (default: the split's shards in the data set folder).
 
+    With ``config.resnet.data_service`` set, the training pipeline (``training=True``) is run
+    by the tf.data service workers of that dispatcher (:mod:`xrayscatter.data_service`).
+
     Returns:
         Dataset of (images (b, S, S, 1) float32, labels (b, 17) float32).
     """
@@ -218,6 +221,15 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     dataset = dataset.batch(batch_size, drop_remainder=training,
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    if training and settings.data_service:
+        # Everything above (read, decode, cache, shuffle, augment, batch) runs on the tf.data
+        # service workers; only the prefetch below runs here. Training only: evaluation and
+        # prediction need one pass in file order (predictions line up with make_label_dataset)
+        # with a known length, which parallel-epoch service jobs do not give, and they are a
+        # small share of the decoding work.
+        from xrayscatter.data_service import distribute
+
+        dataset = distribute(dataset, settings.data_service)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

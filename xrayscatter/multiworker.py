@@ -1,21 +1,26 @@
-"""Train the ResNet across hosts: a custom training loop under MultiWorkerMirroredStrategy.
+"""Train across hosts: one custom training loop under MultiWorkerMirroredStrategy, for both networks.
 
 Keras 3's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy`` (keras#20585, a
-``PerReplica`` ValueError), so this module runs its own step with ``strategy.run``; the
-same loop also runs under ``MirroredStrategy`` (all GPUs, or logical CPUs, of one host).
+``PerReplica`` ValueError), so in a cluster (``TF_CONFIG``, or a Slurm step: ``cluster.py``)
+training runs its own step with ``strategy.run``. The same loop also runs under
+``MirroredStrategy`` (all GPUs, or logical CPUs, of one host).
 
-    TF_CONFIG ─► make_strategy() ─► MultiWorkerMirroredStrategy (one replica per local device)
-    data      make_dataset per worker via distribute_datasets_from_function: each worker
-              reads its own subset of shards (input_context, the FILE auto-shard policy)
-    step      per-replica loss = Σ over the 17 attributes of binary cross-entropy, averaged
-              over the *global* batch (tf.nn.compute_average_loss) → gradients all-reduced
-              by the optimizer (AdamW, warm-up + cosine, as ``training.py``)
+    cluster   make_strategy() ─► MultiWorkerMirroredStrategy (one replica per local device)
+    data      a dataset per worker via distribute_datasets_from_function: each worker reads
+              its own subset of the files (input_context: the FILE auto-shard policy)
+    step      per-replica loss summed over the replica's examples and divided by the *global*
+              batch (tf.nn.compute_average_loss) → gradients all-reduced by the optimizer
     backup    tf.train.CheckpointManager every ``checkpoint_every`` steps into
-              ``<resnet.log_dir>/multiworker-backup`` (a folder every worker can read);
-              a killed and restarted job resumes at the last backup's step
-    chief     writes the backup, TensorBoard scalars, the hold-out report and the SavedModel;
-              the other workers take part in the (collective) checkpoint saves into
-              temporary folders that are removed right after
+              ``<log_dir>/multiworker-backup`` (a folder every worker can read); a job
+              killed and started again resumes at the last backup's step
+    chief     writes the backup, TensorBoard scalars (``<log_dir>/multiworker/train``), the
+              reports and the SavedModel; the other workers take part in the (collective)
+              checkpoint saves into temporary folders that are removed right after
+
+The networks differ only in what :class:`LoopJob` holds: the ResNet (summed binary
+cross-entropy over the 17 attributes, AdamW with warm-up and cosine decay, the TFRecord
+pipeline of ``data.py``) and the patch autoencoder (mean squared error per patch, Adam,
+the patch pipeline of ``patches.py``).
 
 Batch-norm moving statistics are per-replica in Keras 3 (aggregation "none"); they are
 averaged over all replicas of all workers before every backup and at the end, so every
@@ -24,10 +29,13 @@ worker ends with identical weights.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -35,18 +43,26 @@ import numpy as np
 import tensorflow as tf
 
 from xrayscatter.attributes import ATTRIBUTES
-from xrayscatter.data import make_dataset, naming_bad_shards, shard_paths, split_size
-from xrayscatter.models.resnet import build_backbone, build_classifier
 
 BACKUP_FOLDER = "multiworker-backup"
 
 
+# --------------------------------------------------------------------------- cluster roles
 def task_of(strategy: tf.distribute.Strategy) -> tuple[str, int]:
     """(task type, task id) of this process in the cluster; ("local", 0) outside a cluster."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return "local", 0
     return str(resolver.task_type), int(resolver.task_id or 0)
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Processes taking part in training (chief and workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    spec = resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in spec.jobs if job in ("chief", "worker"))
 
 
 def write_folder(shared: Path, chief: bool, task: tuple[str, int]) -> Path:
@@ -57,39 +73,90 @@ def write_folder(shared: Path, chief: bool, task: tuple[str, int]) -> Path:
     """
     if chief:
         return shared
-    return Path(tempfile.mkdtemp(prefix=f".{shared.name}-{task[0]}{task[1]}-", dir=shared.parent))
+    prefix = f".{shared.name}-{task[0]}{task[1]}-"
+    # A killed worker leaves its folder behind; a task id is held by one process at a time,
+    # so the folders with this task's prefix are that dead process's and can go.
+    for stale in shared.parent.glob(prefix + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=shared.parent))
 
 
-def make_train_step(strategy: tf.distribute.Strategy, classifier: keras.Model, optimizer: keras.optimizers.Optimizer,
-                    global_batch_size: int):
+def weights_checksum(weights: list[np.ndarray]) -> str:
+    """SHA-256 of the weights' bytes in order (equal weights ⇔ equal checksum)."""
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class LoopJob:
+    """One network's training, as the loop needs it.
+
+    Attributes:
+        name: "resnet" or "autoencoder" (progress bar and logs).
+        model: built under ``strategy.scope()``; maps a batch of inputs to outputs.
+        optimizer: built under ``strategy.scope()`` over ``model.trainable_variables``.
+        per_example_loss: (targets, outputs) → (b,) float32 loss of each example.
+        dataset_fn: ``tf.distribute.InputContext`` → dataset of (inputs, targets) with
+            per-replica batches, repeating forever, this worker's share of the files.
+        global_batch_size: examples per step over all replicas.
+        total_steps: the full schedule (the learning-rate schedule is built for it).
+        log_dir: backups in ``<log_dir>/multiworker-backup``, TensorBoard in ``<log_dir>/multiworker``.
+        input_errors: context manager factory turning a data error into a message naming the file.
+    """
+
+    name: str
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    per_example_loss: Callable
+    dataset_fn: Callable
+    global_batch_size: int
+    total_steps: int
+    log_dir: Path
+    input_errors: Callable = dataclasses.field(default=lambda: _no_context())
+
+
+class _no_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def make_train_step(strategy: tf.distribute.Strategy, job: LoopJob):
     """A tf.function: one step on a distributed batch → the global mean loss (float32 scalar).
 
     Each replica's loss is divided by the global batch, so summing the replicas'
     gradients (the optimizer's all-reduce) gives the gradient of the global mean loss.
     """
-    from xrayscatter.training import summed_binary_crossentropy
+    model, optimizer = job.model, job.optimizer
 
-    def replica_step(images, labels):
+    def replica_step(inputs, targets):
         with tf.GradientTape() as tape:
-            probabilities = classifier(images, training=True)
-            per_image = summed_binary_crossentropy(labels, probabilities)
-            loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch_size)
-        gradients = tape.gradient(loss, classifier.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, classifier.trainable_variables))
+            outputs = model(inputs, training=True)
+            loss = tf.nn.compute_average_loss(job.per_example_loss(targets, outputs),
+                                              global_batch_size=job.global_batch_size)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 
     @tf.function
     def train_step(iterator):
-        images, labels = next(iterator)
-        per_replica_loss = strategy.run(replica_step, args=(images, labels))
+        inputs, targets = next(iterator)
+        per_replica_loss = strategy.run(replica_step, args=(inputs, targets))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
 
     return train_step
 
 
-def make_statistics_sync(strategy: tf.distribute.Strategy, classifier: keras.Model):
-    """A tf.function averaging the non-trainable weights (batch-norm statistics) over all replicas."""
-    variables = [w.value for w in classifier.non_trainable_weights]
+def make_statistics_sync(strategy: tf.distribute.Strategy, model: keras.Model):
+    """A tf.function averaging the non-trainable weights (batch-norm statistics) over all replicas, or None."""
+    variables = [w.value for w in model.non_trainable_weights]
+    if not variables:
+        return None
 
     def replica_fn():
         context = tf.distribute.get_replica_context()
@@ -100,90 +167,51 @@ def make_statistics_sync(strategy: tf.distribute.Strategy, classifier: keras.Mod
     return tf.function(lambda: strategy.run(replica_fn))
 
 
-def weights_checksum(weights: list[np.ndarray]) -> str:
-    """SHA-256 of the weights' bytes in order (equal weights ⇔ equal checksum)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for w in weights:
-        digest.update(np.ascontiguousarray(w).tobytes())
-    return digest.hexdigest()
-
-
-def train_resnet_multiworker(config, steps: int | None = None, strategy: tf.distribute.Strategy | None = None,
-                             checkpoint_every: int | None = None, export: bool = True,
-                             progress: bool = True) -> dict:
-    """Train the ResNet with a custom loop under a (multi-worker) mirrored strategy.
-
-    Args:
-        config: PipelineConfig (``resnet`` section; batch_size is the global batch).
-        steps: stop after this global step (default, and at most: epochs × steps_per_epoch).
-            A run stopped early keeps its backup; the next call resumes from it.
-        strategy: default ``training.make_strategy()`` (MultiWorkerMirroredStrategy under TF_CONFIG).
-        checkpoint_every: steps between backups (default ``resnet.steps_per_epoch``, i.e. once per epoch).
-        export: when the schedule is complete, the chief writes the hold-out report and the SavedModel.
-        progress: a rich progress bar on the chief.
+def run_loop(strategy: tf.distribute.Strategy, job: LoopJob, steps: int | None = None,
+             checkpoint_every: int | None = None, progress: bool = True) -> dict:
+    """Train ``job`` from its last backup up to global step ``steps`` (default: the full schedule).
 
     Returns:
-        dict with ``task_type``, ``task_id``, ``chief``, ``replicas``, ``workers``, ``initial_step``
-        (> 0 after a resume), ``final_step``, ``steps_run``, ``losses`` (per step run, global mean),
-        ``images_per_second``, ``complete``, ``weights`` (list of numpy arrays of the classifier,
-        identical on every worker), ``weights_sha256``; on the chief after a complete run also
-        ``saved_model``, ``report_json``, ``holdout_mAP``.
-
-    Raises:
-        XrayscatterError: missing, truncated or corrupt shards (naming the file).
+        dict with ``task_type``, ``task_id``, ``chief``, ``replicas``, ``workers``,
+        ``initial_step`` (> 0 after a resume), ``final_step``, ``steps_run``, ``losses`` (per
+        step run, global mean), ``examples_per_second``, ``complete``, ``weights`` (numpy
+        arrays, identical on every worker) and ``weights_sha256``.
     """
-    from xrayscatter.training import is_chief, learning_rate_schedule, make_strategy
+    from xrayscatter.training import is_chief
 
-    settings = config.resnet
-    strategy = strategy or make_strategy()
     chief = is_chief(strategy)
     task = task_of(strategy)
-    workers = strategy.num_replicas_in_sync
-    train_paths = shard_paths(config, "train")
-    steps_per_epoch = settings.steps_per_epoch or max(1, split_size(config, "train") // settings.batch_size)
-    total_steps = settings.epochs * steps_per_epoch
-    stop_step = total_steps if steps is None else min(int(steps), total_steps)
-    checkpoint_every = max(1, checkpoint_every or steps_per_epoch)
+    replicas = strategy.num_replicas_in_sync
+    stop_step = job.total_steps if steps is None else min(int(steps), job.total_steps)
+    checkpoint_every = max(1, int(checkpoint_every or job.total_steps))
 
-    log_root = Path(settings.log_dir)
-    shared_backup = log_root / BACKUP_FOLDER
+    shared_backup = Path(job.log_dir) / BACKUP_FOLDER
     shared_backup.mkdir(parents=True, exist_ok=True)
-
-    keras.utils.set_random_seed(config.seed)  # identical initial weights on every worker
     with strategy.scope():
-        backbone = build_backbone(settings.input_size, settings.width_multiplier)
-        classifier = build_classifier(backbone)
-        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(config, total_steps),
-                                           weight_decay=settings.weight_decay)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-        optimizer.build(classifier.trainable_variables)
-        checkpoint = tf.train.Checkpoint(weights=[w.value for w in classifier.weights],
-                                         optimizer=[v.value for v in optimizer.variables])
-
+        checkpoint = tf.train.Checkpoint(weights=[w.value for w in job.model.weights],
+                                         optimizer=[v.value for v in job.optimizer.variables])
     # Every worker restores from the chief's shared backup (the folder must be visible to all).
     latest = tf.train.latest_checkpoint(str(shared_backup))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
-    initial_step = int(optimizer.iterations.numpy())
+    initial_step = int(job.optimizer.iterations.numpy())
 
     write_dir = write_folder(shared_backup, chief, task)
     manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=2)
-    train_step = make_train_step(strategy, classifier, optimizer, settings.batch_size)
-    sync_statistics = make_statistics_sync(strategy, classifier)
-    writer = (tf.summary.create_file_writer(str(log_root / "multiworker" / "train")) if chief
+    train_step = make_train_step(strategy, job)
+    sync_statistics = make_statistics_sync(strategy, job.model) if replicas > 1 else None
+    writer = (tf.summary.create_file_writer(str(Path(job.log_dir) / "multiworker" / "train")) if chief
               else tf.summary.create_noop_writer())
+    dataset = strategy.distribute_datasets_from_function(job.dataset_fn)
 
-    dataset = strategy.distribute_datasets_from_function(
-        lambda context: make_dataset(config, "train", training=True, input_context=context))
     losses: list[float] = []
     step_ends: list[float] = []
-    bar = _Progress(total_steps, initial_step) if (progress and chief) else None
+    bar = _Progress(job.name, job.total_steps, initial_step) if (progress and chief) else None
+    step = initial_step
+    saved_step = initial_step
     try:
-        with naming_bad_shards(train_paths), writer.as_default():
+        with job.input_errors(), _naming_lost_workers(lambda: (step, saved_step)), writer.as_default():
             iterator = iter(dataset)
-            step = initial_step
             while step < stop_step:
                 loss = float(train_step(iterator))
                 step += 1
@@ -193,9 +221,10 @@ def train_resnet_multiworker(config, steps: int | None = None, strategy: tf.dist
                 if bar:
                     bar.advance(step, loss)
                 if step % checkpoint_every == 0 or step == stop_step:
-                    if workers > 1:
+                    if sync_statistics:
                         sync_statistics()
                     manager.save(checkpoint_number=step)  # collective: every worker calls it
+                    saved_step = step
     finally:
         if bar:
             bar.stop()
@@ -203,41 +232,116 @@ def train_resnet_multiworker(config, steps: int | None = None, strategy: tf.dist
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
 
-    if workers > 1:
+    if sync_statistics:
         sync_statistics()
-    weights = [keras.ops.convert_to_numpy(w.value) for w in classifier.weights]
-    rate = ((len(step_ends) - 1) * settings.batch_size / (step_ends[-1] - step_ends[0])
+    weights = [keras.ops.convert_to_numpy(w.value) for w in job.model.weights]
+    rate = ((len(step_ends) - 1) * job.global_batch_size / (step_ends[-1] - step_ends[0])
             if len(step_ends) > 1 else None)
-    complete = int(optimizer.iterations.numpy()) >= total_steps
-    result = {
-        "task_type": task[0], "task_id": task[1], "chief": chief, "replicas": workers,
-        "workers": _num_workers(strategy),
-        "initial_step": initial_step, "final_step": int(optimizer.iterations.numpy()),
-        "steps_run": len(losses), "losses": losses, "images_per_second": rate, "complete": complete,
+    final_step = int(job.optimizer.iterations.numpy())
+    return {
+        "network": job.name, "task_type": task[0], "task_id": task[1], "chief": chief, "replicas": replicas,
+        "workers": num_workers(strategy), "initial_step": initial_step, "final_step": final_step,
+        "total_steps": job.total_steps, "steps_run": len(losses), "losses": losses,
+        "examples_per_second": rate, "complete": final_step >= job.total_steps,
         "weights": weights, "weights_sha256": weights_checksum(weights),
     }
-    if chief and complete and export:
-        result.update(_report_and_export(config, classifier, result))
-    if complete:
-        # The schedule is done (and exported): a later run starts afresh.
-        _remove_backup(shared_backup, chief)
+
+
+class _naming_lost_workers:
+    """Turn the collective-op failure after a worker died into one line saying how to resume.
+
+    When a worker dies the others' next all-reduce fails within seconds (UnavailableError,
+    "Collective ops is aborted by ..."); a hang is not possible, so the job scheduler sees
+    every worker exit and can start the job again.
+    """
+
+    def __init__(self, where):
+        self.where = where  # callable → (current step, last backed-up step)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is not None and issubclass(kind, (tf.errors.UnavailableError, tf.errors.CancelledError,
+                                                  tf.errors.DeadlineExceededError)):
+            from xrayscatter.errors import XrayscatterError
+
+            step, saved = self.where()
+            reason = (getattr(error, "message", "") or str(error)).strip().splitlines()
+            reason = next((line for line in reason if "aborted" in line or "peer" in line),
+                          reason[0] if reason else kind.__name__)
+            raise XrayscatterError(
+                f"a worker of the cluster was lost at step {step + 1} ({reason.strip()}); start the job again "
+                f"with the same command: it resumes from the backup at step {saved}") from error
+        return False
+
+
+def remove_backup(job: LoopJob, chief: bool) -> None:
+    """After a complete, exported schedule: the next run starts afresh."""
+    if chief:
+        shutil.rmtree(Path(job.log_dir) / BACKUP_FOLDER, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the ResNet
+def resnet_job(config, strategy: tf.distribute.Strategy) -> LoopJob:
+    """The ResNet's loop job: classifier, AdamW schedule, the train split's TFRecord pipeline."""
+    from xrayscatter.data import make_dataset, naming_bad_shards, shard_paths, split_size
+    from xrayscatter.models.resnet import build_backbone, build_classifier
+    from xrayscatter.training import learning_rate_schedule, summed_binary_crossentropy
+
+    settings = config.resnet
+    train_paths = shard_paths(config, "train")
+    steps_per_epoch = settings.steps_per_epoch or max(1, split_size(config, "train") // settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    keras.utils.set_random_seed(config.seed)  # identical initial weights on every worker
+    with strategy.scope():
+        classifier = build_classifier(build_backbone(settings.input_size, settings.width_multiplier))
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(config, total_steps),
+                                           weight_decay=settings.weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        optimizer.build(classifier.trainable_variables)
+    return LoopJob(
+        name="resnet", model=classifier, optimizer=optimizer, per_example_loss=summed_binary_crossentropy,
+        dataset_fn=lambda context: make_dataset(config, "train", training=True, input_context=context),
+        global_batch_size=settings.batch_size, total_steps=total_steps, log_dir=Path(settings.log_dir),
+        input_errors=lambda: naming_bad_shards(train_paths))
+
+
+def train_resnet_multiworker(config, steps: int | None = None, strategy: tf.distribute.Strategy | None = None,
+                             checkpoint_every: int | None = None, export: bool = True,
+                             progress: bool = True) -> dict:
+    """Train the ResNet with the custom loop under a (multi-worker) mirrored strategy.
+
+    Args:
+        config: PipelineConfig (``resnet`` section; batch_size is the global batch).
+        steps: stop after this global step (default, and at most: epochs × steps_per_epoch).
+            A run stopped early keeps its backup; the next call resumes from it.
+        strategy: default ``training.make_strategy()`` (multi-worker in a cluster).
+        checkpoint_every: steps between backups (default ``resnet.steps_per_epoch``, i.e. once per epoch).
+        export: when the schedule is complete, the chief writes the hold-out report and the SavedModel.
+        progress: a rich progress bar on the chief.
+
+    Returns:
+        :func:`run_loop`'s dict; on the chief after a complete run also ``saved_model``,
+        ``report_json``, ``holdout_mAP``.
+
+    Raises:
+        XrayscatterError: missing, truncated or corrupt shards (naming the file).
+    """
+    from xrayscatter.training import make_strategy
+
+    strategy = strategy or make_strategy()
+    job = resnet_job(config, strategy)
+    every = checkpoint_every or job.total_steps // config.resnet.epochs
+    result = run_loop(strategy, job, steps=steps, checkpoint_every=every, progress=progress)
+    if result["chief"] and result["complete"] and export:
+        result.update(_resnet_report_and_export(config, job.model, result))
+    if result["complete"]:
+        remove_backup(job, result["chief"])
     return result
 
 
-def _num_workers(strategy: tf.distribute.Strategy) -> int:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return 1
-    spec = resolver.cluster_spec()
-    return sum(spec.num_tasks(job) for job in spec.jobs if job in ("chief", "worker"))
-
-
-def _remove_backup(shared_backup: Path, chief: bool) -> None:
-    if chief:
-        shutil.rmtree(shared_backup, ignore_errors=True)
-
-
-def _report_and_export(config, classifier: keras.Model, result: dict) -> dict:
+def _resnet_report_and_export(config, classifier: keras.Model, result: dict) -> dict:
     """Chief only: hold-out AP on the test split, best-F1 thresholds on val, SavedModel export."""
     from xrayscatter.export import export_resnet
     from xrayscatter.training import (average_precisions, best_f1_thresholds, export_copy, predict_split,
@@ -249,8 +353,7 @@ def _report_and_export(config, classifier: keras.Model, result: dict) -> dict:
     ap = average_precisions(test_labels, test_probabilities)
     present = np.isfinite(ap)
     holdout_map = float(np.mean(ap[present])) if present.any() else None
-    summary = {key: result[key] for key in ("replicas", "workers", "initial_step", "final_step", "images_per_second")}
-    summary["route"] = "multiworker custom loop (xrayscatter.multiworker)"
+    summary = _training_summary(result)
     json_path, _md_path = write_holdout_report(config, ap, test_labels, {"training": summary})
     thresholds = dict(zip(ATTRIBUTES, best_f1_thresholds(val_labels, val_probabilities)))
     saved = export_resnet(model, features, config, {
@@ -262,44 +365,141 @@ def _report_and_export(config, classifier: keras.Model, result: dict) -> dict:
     return {"saved_model": str(saved), "report_json": str(json_path), "holdout_mAP": holdout_map}
 
 
+# --------------------------------------------------------------------------- the autoencoder
+def autoencoder_job(config, strategy: tf.distribute.Strategy, source) -> LoopJob:
+    """The autoencoder's loop job: model, Adam, random patches of this worker's share of the images."""
+    from xrayscatter import patches as patch_data
+    from xrayscatter.models.autoencoder import build_autoencoder_from_config
+
+    ae = config.autoencoder
+    steps_per_epoch = ae.steps_per_epoch or max(1, -(-source.num_train_images * ae.patches_per_image
+                                                     // ae.batch_size))
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = build_autoencoder_from_config(ae)
+        optimizer = keras.optimizers.Adam(ae.learning_rate)
+        optimizer.build(model.trainable_variables)
+
+    def per_patch_squared_error(targets, outputs):
+        return tf.reduce_mean(tf.math.squared_difference(targets, outputs), axis=[1, 2])
+
+    def dataset_fn(context):
+        # Each input pipeline cuts its own patches: a different seed per pipeline, its own files.
+        return patch_data.patch_dataset(source.train_images(context), ae,
+                                        seed=config.seed + 1000 * context.input_pipeline_id,
+                                        batch_size=context.get_per_replica_batch_size(ae.batch_size),
+                                        training=True)
+
+    return LoopJob(name="autoencoder", model=model, optimizer=optimizer, per_example_loss=per_patch_squared_error,
+                   dataset_fn=dataset_fn, global_batch_size=ae.batch_size, total_steps=ae.epochs * steps_per_epoch,
+                   log_dir=Path(ae.log_dir))
+
+
+def train_autoencoder_multiworker(config, images_dir: str | Path | None = None, steps: int | None = None,
+                                  strategy: tf.distribute.Strategy | None = None,
+                                  checkpoint_every: int | None = None, export: bool = True,
+                                  progress: bool = True) -> dict:
+    """Train the patch autoencoder with the custom loop under a (multi-worker) mirrored strategy.
+
+    Arguments as :func:`train_resnet_multiworker` (``autoencoder`` section; backups once per
+    epoch by default); ``images_dir`` trains on a folder of real detector images as
+    ``autoencoder_training.train_autoencoder`` does. On the chief after a complete run the
+    result also holds ``report`` (the dict of ``reports/<pipeline>/autoencoder.json``) and
+    ``saved_model``.
+    """
+    from xrayscatter.autoencoder_training import finish_autoencoder, heldout_patches, patch_source
+    from xrayscatter.training import make_strategy
+
+    strategy = strategy or make_strategy()
+    source = patch_source(config, images_dir)
+    job = autoencoder_job(config, strategy, source)
+    every = checkpoint_every or max(1, job.total_steps // config.autoencoder.epochs)
+    started = time.perf_counter()
+    result = run_loop(strategy, job, steps=steps, checkpoint_every=every, progress=progress)
+    if result["chief"] and result["complete"] and export:
+        from xrayscatter.models.autoencoder import build_autoencoder_from_config
+
+        trained = build_autoencoder_from_config(config.autoencoder)  # plain variables for the export
+        trained.set_weights(result["weights"])
+        training = _training_summary(result)
+        training.update({"epochs": config.autoencoder.epochs,
+                         "steps_per_epoch": job.total_steps // config.autoencoder.epochs,
+                         "batch_size": job.global_batch_size, "seconds": time.perf_counter() - started,
+                         "loss": {"loss": result["losses"]}})
+        report = finish_autoencoder(config, trained, source, heldout_patches(config, source), training)
+        result.update({"report": report, "saved_model": report["export"]})
+    if result["complete"]:
+        remove_backup(job, result["chief"])
+    return result
+
+
+# --------------------------------------------------------------------------- output
+def _training_summary(result: dict) -> dict:
+    summary = {key: result[key] for key in ("replicas", "workers", "initial_step", "final_step",
+                                            "examples_per_second")}
+    summary["route"] = "custom loop under MultiWorkerMirroredStrategy (xrayscatter.multiworker)"
+    return summary
+
+
 class _Progress:
     """One rich progress bar over the global steps (chief only)."""
 
-    def __init__(self, total: int, completed: int):
+    def __init__(self, name: str, total: int, completed: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]train resnet (multi-worker)[/] {task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeRemainingColumn())
+        self.progress = Progress(TextColumn(f"[bold]train {name} (multi-worker)[/] {{task.description}}"),
+                                 BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         self.progress.start()
         self.task = self.progress.add_task("", total=total, completed=completed)
         if completed:
             self.progress.console.print(f"resumed from the backup at step {completed}")
 
     def advance(self, step: int, loss: float) -> None:
-        self.progress.update(self.task, completed=step, description=f"loss {loss:.3f}")
+        self.progress.update(self.task, completed=step, description=f"loss {loss:.4g}")
 
     def stop(self) -> None:
         self.progress.stop()
 
 
+def summary_line(result: dict) -> str:
+    """One human line per worker, printed by the CLI (the tests read the checksum from it)."""
+    role = "chief" if result["chief"] else "worker"
+    line = (f"{result['network']}: {result['task_type']} {result['task_id']} of {result['workers']} ({role}), "
+            f"{result['replicas']} replicas, steps {result['initial_step']}→{result['final_step']} "
+            f"of {result['total_steps']}, weights sha256 {result['weights_sha256']}")
+    if result.get("saved_model"):
+        line += f", exported {result['saved_model']}"
+    return line
+
+
 def summary_json(result: dict) -> str:
-    """The result without the weight arrays, as one JSON line (for logs and launch scripts)."""
-    return json.dumps({k: v for k, v in result.items() if k != "weights"}, sort_keys=True)
+    """The result without the weight arrays (and the long report), as one JSON line."""
+    return json.dumps({k: v for k, v in result.items() if k not in ("weights", "report")}, sort_keys=True,
+                      default=str)
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised by tests/test_multiworker.py through a subprocess
     import argparse
+    import sys
 
     from xrayscatter.config import load_config
 
-    parser = argparse.ArgumentParser(description="One worker of a multi-worker ResNet training (reads TF_CONFIG).")
+    parser = argparse.ArgumentParser(description="One worker of a multi-worker training (reads TF_CONFIG).")
     parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--network", choices=("resnet", "autoencoder"), default="resnet")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--weights-out", default=None, help="npz of this worker's final weights")
     parser.add_argument("--no-export", action="store_true")
     args = parser.parse_args()
-    out = train_resnet_multiworker(load_config(args.pipeline), steps=args.steps, export=not args.no_export,
-                                   progress=False)
+    from xrayscatter.errors import XrayscatterError
+
+    train = train_resnet_multiworker if args.network == "resnet" else train_autoencoder_multiworker
+    try:
+        out = train(load_config(args.pipeline), steps=args.steps, checkpoint_every=args.checkpoint_every,
+                    export=not args.no_export, progress=False)
+    except XrayscatterError as error:
+        sys.exit(f"error: {error}")
     if args.weights_out:
         np.savez(args.weights_out, *out["weights"])
     print("RESULT " + summary_json(out), flush=True)

@@ -85,6 +85,26 @@ def tfrecord_images(files: list[str], shuffle_files: bool = False, seed: int = 0
     return records.map(lambda r: schema.parse_example(r)["image"], num_parallel_calls=AUTOTUNE)
 
 
+def share_of_input_pipeline(files: list, context, make_images) -> tf.data.Dataset:
+    """This input pipeline's share of an image stream (multi-worker training), or all of it.
+
+    Args:
+        files: the sorted file list (shards or detector images).
+        context: ``tf.distribute.InputContext`` or None (a single pipeline reads everything).
+        make_images: files → dataset of images.
+
+    With at least as many files as input pipelines each pipeline reads its own files
+    (the FILE auto-shard policy: no image is decoded twice); with fewer, every pipeline
+    reads all of them and keeps every n-th image.
+    """
+    pipelines = context.num_input_pipelines if context is not None else 1
+    if pipelines <= 1:
+        return make_images(files)
+    if len(files) >= pipelines:
+        return make_images(files[context.input_pipeline_id::pipelines])
+    return make_images(files).shard(pipelines, context.input_pipeline_id)
+
+
 def list_image_files(directory: str | Path) -> list[Path]:
     """Detector image files directly in ``directory`` (sorted).
 

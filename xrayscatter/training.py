@@ -45,9 +45,13 @@ _EPSILON = 1e-7  # keras.backend.epsilon(), the clipping of binary cross-entropy
 
 # --------------------------------------------------------------------------- strategy
 def make_strategy() -> tf.distribute.Strategy:
-    """MultiWorkerMirroredStrategy under TF_CONFIG, else MirroredStrategy over all GPUs or all logical CPUs."""
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    """MultiWorkerMirroredStrategy in a cluster (TF_CONFIG, or a Slurm step of ≥ 2 tasks: ``cluster.py``),
+    else MirroredStrategy over all GPUs or all logical CPUs."""
+    from xrayscatter.cluster import cluster_resolver
+
+    resolver = cluster_resolver()
+    if resolver is not None:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     if tf.config.list_logical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])

@@ -1,0 +1,164 @@
+"""tf.data service: a dispatcher and a worker started through the CLI on 127.0.0.1, training input read through them.
+
+The training pipeline read through the service yields one epoch of exactly the images and
+labels of the local pipeline; the dispatcher's journal (``--work-dir``) shows that the
+service was used (and the local pipeline leaves it alone); two training steps run on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from xrayscatter.config import config_from_dict, replace
+from xrayscatter.data import make_dataset, split_size
+from xrayscatter.data_service import distribute
+from xrayscatter.errors import XrayscatterError
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS reports free on 127.0.0.1 (held open together so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class Service:
+    address: str  # the dispatcher's host:port
+    work_dir: Path  # the dispatcher's journal folder
+    lines: dict  # first stdout line of each server
+
+
+def _start(args: list[str], port: int, log: Path, processes: list) -> str:
+    """Start `xrayscatter <args>` (kept in `processes`), wait until it accepts connections on port; its first line."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "xrayscatter", *args], env=ENV, stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True)
+    processes.append(process)
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, f"{args[:2]} exited: {log.read_text()[-3000:]}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"{args[:2]} does not listen on {port}: {log.read_text()[-3000:]}"
+            time.sleep(0.2)
+    return process.stdout.readline().strip()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """`xrayscatter data-service dispatcher` and `... worker` on 127.0.0.1, terminated after the tests."""
+    root = tmp_path_factory.mktemp("data_service")
+    dispatcher_port, worker_port = free_ports(2)
+    processes = []
+    try:
+        lines = {
+            "dispatcher": _start(["data-service", "dispatcher", "--port", str(dispatcher_port),
+                                  "--work-dir", str(root / "dispatcher")], dispatcher_port,
+                                 root / "dispatcher.log", processes),
+            "worker": _start(["data-service", "worker", "--dispatcher", f"127.0.0.1:{dispatcher_port}",
+                              "--port", str(worker_port), "--worker-address", "127.0.0.1"], worker_port,
+                             root / "worker.log", processes),
+        }
+        # Ready when the dispatcher has journaled the worker under the address it was given
+        # (registration is asynchronous; later journal sizes must not include it).
+        registered, deadline = f"127.0.0.1:{worker_port}".encode(), time.monotonic() + 60
+        while not any(registered in p.read_bytes() for p in (root / "dispatcher").rglob("*") if p.is_file()):
+            assert time.monotonic() < deadline, f"the worker did not register: {(root / 'worker.log').read_text()}"
+            time.sleep(0.2)
+        yield Service(f"127.0.0.1:{dispatcher_port}", root / "dispatcher", lines)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+
+
+def _journal_bytes(work_dir: Path) -> int:
+    """Bytes the dispatcher has written to its work folder (it journals datasets and jobs before replying)."""
+    return sum(p.stat().st_size for p in work_dir.rglob("*") if p.is_file())
+
+
+def _fingerprints(dataset: tf.data.Dataset, count: int) -> list[str]:
+    """SHA-256 of each of the first `count` (image, labels) pairs, batches taken apart."""
+    return [hashlib.sha256(image.tobytes() + labels.tobytes()).hexdigest()
+            for image, labels in dataset.unbatch().take(count).as_numpy_iterator()]
+
+
+def test_servers_say_where_they_listen(service):
+    port = service.address.split(":")[1]
+    assert f"listening on port {port}" in service.lines["dispatcher"]
+    assert "registered as 127.0.0.1:" in service.lines["worker"] and service.address in service.lines["worker"]
+
+
+def test_training_pipeline_through_the_service_yields_the_local_epoch(smoke_dataset, service):
+    local_config = replace(smoke_dataset, "resnet", augment=False)
+    service_config = replace(local_config, "resnet", data_service=f"grpc://{service.address}")
+    images = split_size(smoke_dataset, "train")
+    assert images % smoke_dataset.resnet.batch_size == 0  # whole batches: one epoch is `images` elements
+
+    journal = _journal_bytes(service.work_dir)
+    local = _fingerprints(make_dataset(local_config, "train", training=True), images)
+    assert _journal_bytes(service.work_dir) == journal  # the local pipeline does not touch the service
+    remote = _fingerprints(make_dataset(service_config, "train", training=True), images)
+    assert _journal_bytes(service.work_dir) > journal  # the dispatcher registered the pipeline and a job
+
+    # The shuffle buffer holds the whole split: the first `images` elements are one epoch, each image once.
+    assert len(set(local)) == images
+    assert sorted(remote) == sorted(local)  # same images and labels, bit for bit (decoded on the worker)
+
+
+def test_unreachable_or_malformed_service_is_a_clear_error(smoke_dataset, tmp_path):
+    (port,) = free_ports(1)
+    with pytest.raises(XrayscatterError, match=f"resnet.data_service.*no tf.data service dispatcher.*127.0.0.1:{port}"):
+        distribute(tf.data.Dataset.range(3), f"127.0.0.1:{port}", connect_timeout=1)
+    bad = replace(smoke_dataset, "resnet", data_service="127.0.0.1")
+    with pytest.raises(XrayscatterError, match="resnet.data_service.*host:port"):
+        make_dataset(bad, "train", training=True)
+    make_dataset(bad, "val", training=False)  # evaluation stays local: the key is not used
+    with pytest.raises(XrayscatterError, match=r"x\.toml.*resnet\.data_service"):
+        config_from_dict({"resnet": {"data_service": "grpc://host:port"}}, "x.toml")
+    assert config_from_dict({"resnet": {"data_service": "grpc://host:5050"}}).resnet.data_service
+
+
+def test_two_training_steps_read_through_the_service(smoke_dataset, service):
+    # The pieces of training.train_resnet that touch the input (strategy, distributed_dataset, the
+    # compiled classifier, fit); the whole function (validation, export) would take 35 s more here.
+    from xrayscatter.models.resnet import build_backbone, build_classifier
+    from xrayscatter.training import compile_classifier, distributed_dataset, make_strategy
+
+    config = replace(smoke_dataset, "resnet", data_service=service.address)
+    strategy = make_strategy()
+    with strategy.scope():
+        classifier = build_classifier(build_backbone(config.resnet.input_size, config.resnet.width_multiplier))
+        compile_classifier(classifier, config, total_steps=2)
+    journal = _journal_bytes(service.work_dir)
+    history = classifier.fit(distributed_dataset(strategy, config, "train", training=True), epochs=1,
+                             steps_per_epoch=2, shuffle=False, verbose=0)
+    assert _journal_bytes(service.work_dir) > journal
+    assert math.isfinite(history.history["loss"][-1])
