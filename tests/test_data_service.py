@@ -25,19 +25,9 @@ from xrayscatter.data import make_dataset, split_size
 from xrayscatter.data_service import distribute
 from xrayscatter.errors import XrayscatterError
 
+from localhost import free_ports
+
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free on 127.0.0.1 (held open together so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass

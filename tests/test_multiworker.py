@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,33 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from localhost import free_port_pair, free_ports
 
 TIMEOUT = 300  # seconds for one launch of two workers (they take ~15 s on an idle 2-core machine)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free on 127.0.0.1 (held open together so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def free_port_pair() -> int:
-    """A port p with p and p + 1 both free (Slurm tasks on one node use port_base + local rank)."""
-    for _ in range(50):
-        (port,) = free_ports(1)
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports")
 
 
 def _toml_value(value) -> str:
