@@ -188,6 +188,18 @@ def serve_config_command(
 
 
 # --------------------------------------------------------------------------- bench
+@bench_app.command("external")
+def bench_external_command(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel (default: newest under saved_models/)."),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="Where the files go (default reports/external)."),
+    per_group: int = typer.Option(8, "--per-group", help="Files per sasmodels group (5 groups)."),
+):
+    """A model on files from another physics code (sasmodels), detectors and formats: ROC AUC per attribute."""
+    from xrayscatter.benchmarks.external import bench_external
+
+    bench_external(model=model, folder=folder, per_group=per_group)
+
+
 @bench_app.command("simulate")
 def bench_simulate_command(
     sizes: str = typer.Option("256,1024", "--sizes", help="Image sizes (px), comma-separated."),
