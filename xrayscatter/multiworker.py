@@ -29,6 +29,7 @@ worker ends with identical weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -115,15 +116,7 @@ class LoopJob:
     global_batch_size: int
     total_steps: int
     log_dir: Path
-    input_errors: Callable = dataclasses.field(default=lambda: _no_context())
-
-
-class _no_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    input_errors: Callable = contextlib.nullcontext
 
 
 def make_train_step(strategy: tf.distribute.Strategy, job: LoopJob):
@@ -210,7 +203,7 @@ def run_loop(strategy: tf.distribute.Strategy, job: LoopJob, steps: int | None =
     step = initial_step
     saved_step = initial_step
     try:
-        with job.input_errors(), _naming_lost_workers(lambda: (step, saved_step)), writer.as_default():
+        with job.input_errors(), naming_lost_workers(lambda: (step, saved_step)), writer.as_default():
             iterator = iter(dataset)
             while step < stop_step:
                 loss = float(train_step(iterator))
@@ -247,33 +240,25 @@ def run_loop(strategy: tf.distribute.Strategy, job: LoopJob, steps: int | None =
     }
 
 
-class _naming_lost_workers:
+@contextlib.contextmanager
+def naming_lost_workers(where: Callable[[], tuple[int, int]]):
     """Turn the collective-op failure after a worker died into one line saying how to resume.
 
     When a worker dies the others' next all-reduce fails within seconds (UnavailableError,
-    "Collective ops is aborted by ..."); a hang is not possible, so the job scheduler sees
-    every worker exit and can start the job again.
+    "Collective ops is aborted by ..."), so they exit instead of hanging and the job
+    scheduler sees the whole job end. ``where()`` gives (current step, last backed-up step).
     """
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError) as error:
+        from xrayscatter.errors import XrayscatterError
 
-    def __init__(self, where):
-        self.where = where  # callable → (current step, last backed-up step)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if kind is not None and issubclass(kind, (tf.errors.UnavailableError, tf.errors.CancelledError,
-                                                  tf.errors.DeadlineExceededError)):
-            from xrayscatter.errors import XrayscatterError
-
-            step, saved = self.where()
-            reason = (getattr(error, "message", "") or str(error)).strip().splitlines()
-            reason = next((line for line in reason if "aborted" in line or "peer" in line),
-                          reason[0] if reason else kind.__name__)
-            raise XrayscatterError(
-                f"a worker of the cluster was lost at step {step + 1} ({reason.strip()}); start the job again "
-                f"with the same command: it resumes from the backup at step {saved}") from error
-        return False
+        step, saved = where()
+        lines = (error.message or str(error)).strip().splitlines() or [type(error).__name__]
+        reason = next((line for line in lines if "aborted" in line or "peer" in line), lines[0]).strip()
+        raise XrayscatterError(
+            f"a worker of the cluster was lost at step {step + 1} ({reason}); start the job again "
+            f"with the same command: it resumes from the backup at step {saved}") from error
 
 
 def remove_backup(job: LoopJob, chief: bool) -> None:
