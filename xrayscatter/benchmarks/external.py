@@ -39,9 +39,13 @@ from xrayscatter.errors import XrayscatterError
 GROUPS = {
     "dilute_sphere": ("sphere", lambda r: {"radius": r.uniform(25, 70), "radius_pd": 0.1, "radius_pd_n": 15},
                       ()),
+    # radius_effective is sasmodels' hard-sphere radius (its default is a fixed 50 Å): a shell
+    # of 0–30 % around the particle, as in a sterically stabilised suspension.
     "concentrated_sphere": ("sphere@hardsphere",
-                            lambda r: {"radius": r.uniform(25, 60), "radius_pd": 0.05, "radius_pd_n": 11,
-                                       "volfraction": r.uniform(0.3, 0.45)},
+                            lambda r: (lambda radius: {"radius": radius, "radius_pd": 0.05, "radius_pd_n": 11,
+                                                       "radius_effective": radius * r.uniform(1.0, 1.3),
+                                                       "radius_effective_mode": 0,
+                                                       "volfraction": r.uniform(0.3, 0.45)})(r.uniform(25, 60)),
                             ("Structure factor", "Halo")),
     "bcc": ("bcc_paracrystal", lambda r: {"dnn": r.uniform(150, 300), "d_factor": r.uniform(0.03, 0.07),
                                           "radius": r.uniform(30, 50)}, ("Ring", "Higher orders", "BCC")),
