@@ -43,7 +43,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from xrayscatter.attributes import ATTRIBUTES
 
 BACKUP_FOLDER = "multiworker-backup"
 
@@ -320,34 +319,12 @@ def train_resnet_multiworker(config, steps: int | None = None, strategy: tf.dist
     every = checkpoint_every or job.total_steps // config.resnet.epochs
     result = run_loop(strategy, job, steps=steps, checkpoint_every=every, progress=progress)
     if result["chief"] and result["complete"] and export:
-        result.update(_resnet_report_and_export(config, job.model, result))
+        from xrayscatter.training import report_and_export
+
+        result.update(report_and_export(job.model, config, _training_summary(result)))
     if result["complete"]:
         remove_backup(job, result["chief"])
     return result
-
-
-def _resnet_report_and_export(config, classifier: keras.Model, result: dict) -> dict:
-    """Chief only: hold-out AP on the test split, best-F1 thresholds on val, SavedModel export."""
-    from xrayscatter.export import export_resnet
-    from xrayscatter.training import (average_precisions, best_f1_thresholds, export_copy, predict_split,
-                                      write_holdout_report)
-
-    model, features = export_copy(classifier, config)
-    val_probabilities, val_labels = predict_split(model, config, "val")
-    test_probabilities, test_labels = predict_split(model, config, "test")
-    ap = average_precisions(test_labels, test_probabilities)
-    present = np.isfinite(ap)
-    holdout_map = float(np.mean(ap[present])) if present.any() else None
-    summary = _training_summary(result)
-    json_path, _md_path = write_holdout_report(config, ap, test_labels, {"training": summary})
-    thresholds = dict(zip(ATTRIBUTES, best_f1_thresholds(val_labels, val_probabilities)))
-    saved = export_resnet(model, features, config, {
-        "thresholds": thresholds,
-        "thresholds_rule": "per attribute, the best-F1 threshold on the validation split (0.5 without positives)",
-        "holdout": {"mAP": holdout_map, "split": "test", "num_images": int(len(test_labels))},
-        "training": summary,
-    })
-    return {"saved_model": str(saved), "report_json": str(json_path), "holdout_mAP": holdout_map}
 
 
 # --------------------------------------------------------------------------- the autoencoder

@@ -452,6 +452,37 @@ def _best_logged(csv_path: Path, key: str = "val_mAP") -> float | None:
     return max(values) if values else None
 
 
+def report_and_export(classifier: keras.Model, config, training_summary: dict) -> dict:
+    """After training (chief only): hold-out AP on the test split, best-F1 thresholds on val, SavedModel.
+
+    Writes ``<report_dir>/<pipeline>/resnet_holdout.{json,md}`` and ``<resnet.output_dir>/<version>/``
+    (``training_summary`` goes into both), prints one line, and returns ``holdout_mAP``,
+    ``holdout_ap`` (per attribute; None without positives), ``saved_model``, ``report_json``, ``report_md``.
+    """
+    from rich.console import Console
+
+    model, features = export_copy(classifier, config)
+    val_probabilities, val_labels = predict_split(model, config, "val")
+    test_probabilities, test_labels = predict_split(model, config, "test")
+    ap = average_precisions(test_labels, test_probabilities)
+    present = np.isfinite(ap)
+    holdout_map = float(np.mean(ap[present])) if present.any() else None
+    json_path, md_path = write_holdout_report(config, ap, test_labels, {"training": training_summary})
+    thresholds = dict(zip(ATTRIBUTES, best_f1_thresholds(val_labels, val_probabilities)))
+    saved = export_resnet(model, features, config, {
+        "thresholds": thresholds,
+        "thresholds_rule": "per attribute, the best-F1 threshold on the validation split (0.5 without positives)",
+        "holdout": {"mAP": holdout_map, "split": "test", "num_images": int(len(test_labels))},
+        "training": training_summary,
+    })
+    Console(stderr=True).print(
+        f"hold-out mAP {('n/a' if holdout_map is None else f'{100 * holdout_map:.1f}')} % "
+        f"({int(present.sum())} attributes, {len(test_labels)} test images) → {md_path}; SavedModel {saved}")
+    return {"holdout_mAP": holdout_map,
+            "holdout_ap": {name: (float(ap[a]) if present[a] else None) for a, name in enumerate(ATTRIBUTES)},
+            "saved_model": str(saved), "report_json": str(json_path), "report_md": str(md_path)}
+
+
 def train_resnet(config, strategy: tf.distribute.Strategy | None = None) -> dict:
     """Train, evaluate on the test split, export. See the module docstring.
 
@@ -518,11 +549,6 @@ def train_resnet(config, strategy: tf.distribute.Strategy | None = None) -> dict
 
     if best_path.is_file():
         classifier.load_weights(str(best_path))
-    val_probabilities, val_labels = predict_split(classifier, config, "val")
-    test_probabilities, test_labels = predict_split(classifier, config, "test")
-    ap = average_precisions(test_labels, test_probabilities)
-    present = np.isfinite(ap)
-    holdout_map = float(np.mean(ap[present])) if present.any() else None
     best_val = _best_logged(csv_path)
     summary = {
         "epochs": settings.epochs,
@@ -533,24 +559,9 @@ def train_resnet(config, strategy: tf.distribute.Strategy | None = None) -> dict
         "replicas": strategy.num_replicas_in_sync,
         "log_dir": str(run_dir),
     }
-    result = dict(summary, holdout_mAP=holdout_map,
-                  holdout_ap={name: (float(ap[a]) if present[a] else None) for a, name in enumerate(ATTRIBUTES)})
+    result = dict(summary)
     if chief:
-        json_path, md_path = write_holdout_report(config, ap, test_labels, {"training": summary})
-        thresholds = dict(zip(ATTRIBUTES, best_f1_thresholds(val_labels, val_probabilities)))
-        model, features = export_copy(classifier, config)
-        saved = export_resnet(model, features, config, {
-            "thresholds": thresholds,
-            "thresholds_rule": "per attribute, the best-F1 threshold on the validation split (0.5 without positives)",
-            "holdout": {"mAP": holdout_map, "split": "test", "num_images": int(len(test_labels))},
-            "training": summary,
-        })
-        result.update(saved_model=str(saved), report_json=str(json_path), report_md=str(md_path))
-        from rich.console import Console
-
-        Console(stderr=True).print(
-            f"hold-out mAP {('n/a' if holdout_map is None else f'{100 * holdout_map:.1f}')} % "
-            f"({int(present.sum())} attributes, {len(test_labels)} test images) → {md_path}; SavedModel {saved}")
+        result.update(report_and_export(classifier, config, summary))
     # Training is complete and exported: a later run starts afresh.
     shutil.rmtree(backup_dir, ignore_errors=True)
     return result
