@@ -1,0 +1,80 @@
+"""Scores against labels, one rule each: hold-out average precision and best-F1 decision thresholds.
+
+Both take ``(labels, scores)`` in that order (scikit-learn's ``y_true, y_score``), each (N, A) with
+one column per attribute; labels are 1, 0 or NaN (unknown: that image is left out for that attribute).
+
+Hold-out AP rule: an attribute's AP is measured only when its known test labels hold both classes.
+With only positives (AP would be 1 whatever the ranking) or only negatives (AP undefined) it has no
+AP (NaN, reported as ``None``) and is left out of the mAP. The ResNet's hold-out report after training
+and the evaluation's "ResNet's own outputs on the test split" use this one rule. (The
+leave-one-run-out protocol of ``evaluation/protocol.py`` is another matter: it follows the paper's
+conventions per fold, written in every report.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HOLDOUT_AP_RULE = ("AP per attribute over the test images with a known label, measured only when those hold both "
+                   "positives and negatives (otherwise no AP; left out of the mAP)")
+
+
+def _known(labels: np.ndarray, scores: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column ``a``'s labels (bool) and scores where both are known."""
+    ok = ~np.isnan(labels[:, a]) & ~np.isnan(scores[:, a])
+    return labels[ok, a] > 0.5, scores[ok, a]
+
+
+def average_precisions(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(N, A) labels, (N, A) scores → (A,) float64 average precision; NaN where not measurable (module docstring)."""
+    from sklearn.metrics import average_precision_score
+
+    labels = np.asarray(labels, np.float64)
+    scores = np.asarray(scores, np.float64)
+    out = np.full(labels.shape[1], np.nan)
+    for a in range(labels.shape[1]):
+        y, s = _known(labels, scores, a)
+        if 0 < y.sum() < y.size:
+            out[a] = average_precision_score(y, s)
+    return out
+
+
+def mean_average_precision(ap: np.ndarray) -> float | None:
+    """Mean of the measured APs, None when there is none."""
+    measured = ap[np.isfinite(ap)]
+    return float(measured.mean()) if measured.size else None
+
+
+def best_f1_thresholds(labels: np.ndarray, scores: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per attribute, the decision threshold maximising F1 on these scores (``decision = score >= threshold``).
+
+    Cuts are only made between distinct scores, midway to the next lower score so that the chosen
+    positives stay positive under small shifts (the lowest score itself when every image is kept).
+    Among equal F1 the highest threshold wins.
+
+    Args:
+        labels: (N, A) 1 / 0 / NaN.
+        scores: (N, A) scores (probabilities, SVM decision values ...; NaN: none).
+        default: the threshold where the data cannot choose one (no positive or no negative known):
+            0.5 for probabilities, 0 (the margin) for SVM decision values.
+
+    Returns:
+        (A,) float64 thresholds.
+    """
+    labels = np.asarray(labels, np.float64)
+    scores = np.asarray(scores, np.float64)
+    thresholds = np.full(labels.shape[1], float(default))
+    for a in range(labels.shape[1]):
+        y, s = _known(labels, scores, a)
+        if y.sum() == 0 or y.sum() == y.size:
+            continue
+        order = np.argsort(-s, kind="stable")
+        s_sorted, y_sorted = s[order], y[order]
+        true_pos = np.cumsum(y_sorted)
+        predicted = np.arange(1, len(s_sorted) + 1)
+        f1 = 2 * true_pos / (predicted + y.sum())
+        last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+        f1[~last_of_tie] = -1
+        k = int(np.argmax(f1))
+        thresholds[a] = s_sorted[k] if k + 1 == len(s_sorted) else 0.5 * (s_sorted[k] + s_sorted[k + 1])
+    return thresholds

@@ -1,1 +1,0 @@
-"""Networks: ``resnet`` (ResNet-50 backbone + attribute head) and ``autoencoder`` (patch autoencoder)."""
