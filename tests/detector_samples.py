@@ -1,8 +1,8 @@
-"""Test data shared by test_readers, test_predict and test_serving (not a test module).
+"""Detector files shared by test_readers, test_predict and test_serving (not a test module).
 
 Real-format detector files written the way beamline software writes them (tifffile,
-fabio, Pillow, numpy), every kind of bad file, and tiny SavedModels exported by the
-project's own export functions.
+fabio, Pillow, numpy) and every kind of bad file. The tiny SavedModels are ``helpers.py``'s
+(``shared_saved_models`` is named here too: ``tests/test_external.py`` imports it from here).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import tifffile
 from fabio.cbfimage import CbfImage
 from fabio.edfimage import EdfImage
 from PIL import Image
+
+from helpers import shared_saved_models  # noqa: F401  (tests/test_external.py imports it from here)
 
 RNG = np.random.default_rng(0)
 
@@ -133,84 +135,3 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     tif("nan.tif", np.full((32, 32), np.nan, np.float32), "all NaN")
     tif("all_gaps.tif", np.full((32, 32), -1, np.int32), "all NaN")
     return bad
-
-
-# --------------------------------------------------------------------------- tiny SavedModels
-def smoke_config():
-    from xrayscatter.config import load_config
-
-    return load_config(Path(__file__).resolve().parents[1] / "pipelines" / "smoke.toml")
-
-
-def export_tiny_resnet(output_dir: Path) -> Path:
-    """An untrained narrow ResNet-50 (32 px input, width 0.125) exported by ``export.export_resnet``."""
-    import keras
-
-    from xrayscatter.config import replace
-    from xrayscatter.export import export_resnet
-    from xrayscatter.models.resnet import build_backbone, build_classifier
-
-    config = replace(smoke_config(), "resnet", input_size=32, width_multiplier=0.125)
-    keras.utils.set_random_seed(0)
-    backbone = build_backbone(config.resnet.input_size, config.resnet.width_multiplier)
-    return export_resnet(build_classifier(backbone), backbone, config, output_dir=output_dir)
-
-
-def export_tiny_autoencoder(output_dir: Path) -> Path:
-    """An untrained patch autoencoder (32 px patches, code 8, scale 64) via export_autoencoder."""
-    import keras
-
-    from xrayscatter.config import replace
-    from xrayscatter.export_autoencoder import export_autoencoder
-    from xrayscatter.models.autoencoder import build_autoencoder_from_config
-
-    config = replace(smoke_config(), "autoencoder", code_size=8, base_filters=4, scales=(64,))
-    keras.utils.set_random_seed(0)
-    return export_autoencoder(build_autoencoder_from_config(config.autoencoder), config, output_dir=output_dir)
-
-
-def export_tiny_attributes(output_dir: Path, resnet_dir: Path, autoencoder_dir: Path) -> Path:
-    """The attribute SavedModel on resnet (features_15crop) + autoencoder (features_spm) features.
-
-    Linear SVM parameters are fixed numbers (any trained values take the same export path).
-    """
-    from xrayscatter.attributes import ATTRIBUTES
-    from xrayscatter.evaluation.export_attributes import DeployableSVMs, export_attribute_model
-    from xrayscatter.evaluation.features import FeatureMatrix
-
-    blocks = (256, 168)  # 2048 · 0.125; 21 SPM cells · code 8
-    dims, count = sum(blocks), len(ATTRIBUTES)
-    rng = np.random.default_rng(3)
-    svms = DeployableSVMs(mean=np.zeros(dims), scale=np.ones(dims), weights=rng.normal(size=(dims, count)),
-                          bias=rng.normal(size=count), thresholds=np.zeros(count), c=np.ones(count),
-                          trained=np.ones(count, bool), inner_ap=np.full(count, np.nan))
-    sources = [{"model": "resnet", "path": str(resnet_dir), "signature": "features_15crop"},
-               {"model": "autoencoder", "path": str(autoencoder_dir), "signature": "features_spm"}]
-    matrix = FeatureMatrix("resnet+autoencoder", np.zeros((0, dims), np.float32), blocks, sources)
-    return export_attribute_model(matrix, svms, ATTRIBUTES, smoke_config(), {"source": "test"},
-                                  output_dir=output_dir)
-
-
-_SHARED_ROOTS: dict[str, Path] = {}
-
-
-def shared_saved_models(tmp_path_factory, models=("resnet",)) -> Path:
-    """One saved_models/ folder per test session, exporting each model the first time it is asked for.
-
-    Exporting a ResNet traces three signatures of a 50-layer graph; test modules share them.
-    """
-    key = str(tmp_path_factory.getbasetemp())
-    if key not in _SHARED_ROOTS:
-        _SHARED_ROOTS[key] = tmp_path_factory.mktemp("shared") / "saved_models"
-    root = _SHARED_ROOTS[key]
-    wanted = set(models) | ({"resnet", "autoencoder"} if "attributes" in models else set())
-    for name in ("resnet", "autoencoder", "attributes"):
-        if name not in wanted or (root / name / "1").is_dir():
-            continue
-        if name == "resnet":
-            export_tiny_resnet(root / "resnet")
-        elif name == "autoencoder":
-            export_tiny_autoencoder(root / "autoencoder")
-        else:
-            export_tiny_attributes(root / "attributes", root / "resnet" / "1", root / "autoencoder" / "1")
-    return root

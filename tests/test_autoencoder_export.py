@@ -9,18 +9,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_spm import detector_counts, slow_reference_spm
-from xrayscatter.config import load_config, replace
-from xrayscatter.export_autoencoder import export_autoencoder
-from xrayscatter.models.autoencoder import build_autoencoder_from_config
+from helpers import detector_counts, export_tiny_autoencoder, slow_reference_spm, tiny_autoencoder_config
 from xrayscatter.normalization import normalize_counts
 
-REPO = Path(__file__).resolve().parents[1]
 SAVED_MODEL_CLI = Path(sys.executable).with_name("saved_model_cli")
 CODE = 16
 
@@ -28,16 +23,10 @@ CODE = 16
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """An untrained autoencoder with peaked code logits, exported twice (versions 1 and 2)."""
-    config = load_config(REPO / "pipelines" / "smoke.toml")
-    config = replace(config, "autoencoder", code_size=CODE, base_filters=4, scales=(64, 96), spm_stride=16,
-                     spm_levels=(1, 2, 4))
-    keras.utils.set_random_seed(3)
-    model = build_autoencoder_from_config(config.autoencoder)
-    head = model.get_layer("encoder").get_layer("code_logits")
-    head.kernel.assign(head.kernel * 40.0)  # far from uniform assignments, so pooling mistakes show
+    config = tiny_autoencoder_config(code_size=CODE, scales=(64, 96), spm_stride=16, spm_levels=(1, 2, 4))
     root = tmp_path_factory.mktemp("saved_models") / "autoencoder"
-    first = export_autoencoder(model, config, output_dir=root)
-    second = export_autoencoder(model, config, output_dir=root)
+    first, _ = export_tiny_autoencoder(root, config, seed=3, peaked=True)
+    second, model = export_tiny_autoencoder(root, config, seed=3, peaked=True)
     return {"config": config, "model": model, "root": root, "path": second, "first": first}
 
 
@@ -53,6 +42,8 @@ def test_published_as_next_integer_version_without_temporaries(exported):
     assert meta["feature_dim"] == 21 * CODE and meta["scales"] == [64, 96]
     assert [level["cells_per_side"] for level in meta["spm_layout"]] == [1, 2, 4]
     assert "log1p" in meta["normalization"] and "each pyramid level therefore sums to 1" in meta["spm_normalization"]
+    assert meta["model"] == "autoencoder" and meta["format_version"] == 1 and meta["pipeline"] == "smoke"
+    assert {"xrayscatter", "tensorflow", "keras"} <= set(meta["versions"]) and meta["created"]
 
 
 def test_features_spm_equals_slow_reference(exported):

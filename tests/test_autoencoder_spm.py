@@ -2,74 +2,15 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from xrayscatter.models.autoencoder import build_encoder, encode_grid, encode_patches
-from xrayscatter.normalization import to_model_input
-from xrayscatter.spm import cell_matrix, num_cells, patch_cells, spm_features, spm_layout
+from helpers import detector_counts, peaked_encoder, slow_reference_spm
+from xrayscatter.autoencoder.model import encode_grid, encode_patches
+from xrayscatter.autoencoder.spm import cell_matrix, num_cells, patch_cells, spm_features, spm_layout
 
 PATCH = 32
-
-
-def peaked_encoder(code_size: int = 16, base_filters: int = 4, seed: int = 0) -> keras.Model:
-    """A random encoder whose code logits are large, so the softmax is far from uniform
-    (a uniform assignment would make every pooling rule look right)."""
-    keras.utils.set_random_seed(seed)
-    encoder = build_encoder(PATCH, code_size, base_filters)
-    head = encoder.get_layer("code_logits")
-    head.kernel.assign(head.kernel * 40.0)
-    return encoder
-
-
-def detector_counts(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Raw counts over four decades with a ring, a Pilatus-style gap (−1) and a NaN pixel."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:height, :width]
-    out = []
-    for _ in range(batch):
-        r = np.hypot(yy - rng.uniform(0, height), xx - rng.uniform(0, width))
-        image = 5e3 * np.exp(-r / 9) + 800 * np.exp(-((r - rng.uniform(15, 30)) / 2.5) ** 2)
-        image = rng.poisson(image + 3).astype(np.float32)
-        image[:, width // 3] = -1
-        image[2, 3] = np.nan
-        out.append(image)
-    return np.stack(out)
-
-
-def slow_reference_spm(encoder, counts: np.ndarray, scales, stride: int, levels) -> np.ndarray:
-    """The SPM feature by definition: a Python loop over every patch and every pyramid cell.
-
-    Only the resize (``to_model_input``) and the per-patch encoder are shared with the
-    library; grid positions, patch cutting, softmax, cell membership, sum pooling,
-    normalisation and layout are written out here in numpy.
-    """
-    code_size = encoder.output_shape[-1]
-    batch = counts.shape[0]
-    features = np.zeros((batch, sum(n * n for n in levels), code_size), np.float64)
-    total = 0
-    for size in scales:
-        image = to_model_input(tf.constant(counts), size).numpy()[..., 0]  # (B, s, s)
-        for top in range(0, size - PATCH + 1, stride):
-            for left in range(0, size - PATCH + 1, stride):
-                patch = image[:, top:top + PATCH, left:left + PATCH, None]
-                logits = encoder(patch).numpy().astype(np.float64)
-                soft = np.exp(logits - logits.max(axis=1, keepdims=True))
-                soft /= soft.sum(axis=1, keepdims=True)
-                total += 1
-                centre_y, centre_x = top + PATCH / 2, left + PATCH / 2
-                first_cell = 0
-                for cells in levels:
-                    for row in range(cells):
-                        for col in range(cells):
-                            inside_y = row * size / cells <= centre_y < (row + 1) * size / cells
-                            inside_x = col * size / cells <= centre_x < (col + 1) * size / cells
-                            if inside_y and inside_x:
-                                features[:, first_cell + row * cells + col] += soft
-                    first_cell += cells * cells
-    return (features / total).reshape(batch, -1)
 
 
 def test_spm_features_equal_slow_reference_loop():

@@ -7,7 +7,7 @@ import pytest
 from xrayscatter.config import load_config
 from xrayscatter.errors import XrayscatterError
 
-from conftest import REPO
+from helpers import REPO
 
 
 @pytest.mark.parametrize("name", ["smoke", "default", "paper"])

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from xrayscatter.config import config_from_dict, replace
-from xrayscatter.data import make_dataset, split_size
-from xrayscatter.data_service import distribute
+from helpers import free_ports
+from xrayscatter.config import config_from_dict, parse_address, replace
+from xrayscatter.dataset import split_size
+from xrayscatter.distribute.data_service import distribute, worker_hostname
 from xrayscatter.errors import XrayscatterError
-
-from localhost import free_ports
+from xrayscatter.resnet.data import make_dataset
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
@@ -137,18 +137,29 @@ def test_unreachable_or_malformed_service_is_a_clear_error(smoke_dataset, tmp_pa
 
 
 def test_two_training_steps_read_through_the_service(smoke_dataset, service):
-    # The pieces of training.train_resnet that touch the input (strategy, distributed_dataset, the
-    # compiled classifier, fit); the whole function (validation, export) would take 35 s more here.
-    from xrayscatter.models.resnet import build_backbone, build_classifier
-    from xrayscatter.training import compile_classifier, distributed_dataset, make_strategy
+    # The pieces of train("resnet") that touch the input (strategy, the task's inputs, the compiled
+    # classifier, fit); the whole function (validation, export) would take 35 s more here.
+    from xrayscatter.distribute.strategy import make_strategy
+    from xrayscatter.resnet.task import ResNetTask
+    from xrayscatter.train import build_training_model
 
     config = replace(smoke_dataset, "resnet", data_service=service.address)
     strategy = make_strategy()
-    with strategy.scope():
-        classifier = build_classifier(build_backbone(config.resnet.input_size, config.resnet.width_multiplier))
-        compile_classifier(classifier, config, total_steps=2)
+    task = ResNetTask(config)
+    classifier, _ = build_training_model(task, strategy, total_steps=2, compile_for_fit=True)
     journal = _journal_bytes(service.work_dir)
-    history = classifier.fit(distributed_dataset(strategy, config, "train", training=True), epochs=1,
+    history = classifier.fit(strategy.distribute_datasets_from_function(task.build_inputs), epochs=1,
                              steps_per_epoch=2, shuffle=False, verbose=0)
     assert _journal_bytes(service.work_dir) > journal
     assert math.isfinite(history.history["loss"][-1])
+
+
+def test_addresses_are_host_and_port():
+    assert parse_address("grpc://dispatcher-host:5050") == ("dispatcher-host", 5050)
+    assert parse_address("[::1]:5050") == ("[::1]", 5050)
+    for bad in ("host", "host:0", "host:70000", "http://host:1"):
+        with pytest.raises(XrayscatterError, match="host:port"):
+            parse_address(bad)
+    assert worker_hostname("10.0.0.7") == "10.0.0.7"
+    with pytest.raises(XrayscatterError, match="--worker-address"):
+        worker_hostname("host:5051")

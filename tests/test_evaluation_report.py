@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from xrayscatter import reports
+from xrayscatter.evaluation import report as reports
 from xrayscatter.evaluation.protocol import COMBINATION_TEXT, leave_one_run_out, summarize
 
 ATTRIBUTES = ("Ring", "Halo", "Rare")

@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from detector_samples import shared_saved_models, write_bad_files, write_good_files
+from detector_samples import write_bad_files, write_good_files
+from helpers import shared_saved_models
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.cli import main
 from xrayscatter.errors import XrayscatterError

@@ -1,4 +1,4 @@
-"""ResNet SavedModel: signatures on raw counts, 15-crop by hand, plain TF and saved_model_cli, publishing."""
+"""ResNet SavedModel: signatures on raw counts, 15-crop by hand, metadata inside, plain TF and saved_model_cli."""
 
 from __future__ import annotations
 
@@ -9,18 +9,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import export_tiny_resnet, tiny_resnet
 from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.config import replace
-from xrayscatter.errors import XrayscatterError
-from xrayscatter.export import METADATA_FILE, export_resnet, publish_saved_model, saved_model_versions
-from xrayscatter.features import fifteen_crop_scales
-from xrayscatter.models.resnet import build_backbone, build_classifier
 from xrayscatter.normalization import normalize_counts, pad_to_square, to_model_input
+from xrayscatter.resnet.features import fifteen_crop_scales
+from xrayscatter.saved_model import METADATA_FILE
 
 SAVED_MODEL_CLI = Path(sys.executable).with_name("saved_model_cli")
 INPUT_SIZE = 32
@@ -30,17 +28,11 @@ SIGNATURES = {"serving_default": "probabilities", "features_15crop": "features",
 @pytest.fixture(scope="module")
 def exported(smoke_config, tmp_path_factory):
     """(SavedModel folder, classifier, backbone) of a tiny ResNet with non-trivial batch-norm statistics."""
-    config = replace(smoke_config, "resnet", input_size=INPUT_SIZE, width_multiplier=0.125,
-                     output_dir=str(tmp_path_factory.mktemp("saved_models") / "resnet"))
-    keras.utils.set_random_seed(3)
-    backbone = build_backbone(INPUT_SIZE, 0.125)
-    classifier = build_classifier(backbone)
-    rng = np.random.default_rng(3)
-    for layer in backbone.layers:  # as if trained: the export must carry the moving statistics
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
-    path = export_resnet(classifier, backbone, config, {"note": "test"})
+    config = replace(smoke_config, "resnet", input_size=INPUT_SIZE, width_multiplier=0.125)
+    # As if trained: the export must carry the moving statistics.
+    path = export_tiny_resnet(tmp_path_factory.mktemp("saved_models") / "resnet", config, {"note": "test"},
+                              trained_statistics=True, seed=3)
+    classifier, backbone = tiny_resnet(INPUT_SIZE, 0.125, seed=3, trained_statistics=True)  # the same weights
     return path, classifier, backbone
 
 
@@ -99,8 +91,11 @@ def test_metadata_travels_inside_the_saved_model(exported):
     assert metadata["input_size"] == INPUT_SIZE and metadata["feature_size"] == 256
     assert "log1p" in metadata["normalization"] and metadata["note"] == "test"
     assert metadata["config"]["resnet"]["input_size"] == INPUT_SIZE
+    assert metadata["model"] == "resnet" and metadata["format_version"] == 1 and metadata["created"]
+    assert {"xrayscatter", "tensorflow", "keras"} <= set(metadata["versions"])
     loaded = tf.saved_model.load(str(path))
     assert json.loads(loaded.metadata_json[0].numpy()) == metadata
+    assert loaded.normalization[0].numpy().decode() == metadata["normalization"]
     assert [n.decode() for n in loaded.attribute_names[0].numpy()] == list(ATTRIBUTES)
     assert int(loaded.input_size[0].numpy()) == INPUT_SIZE
 
@@ -151,36 +146,3 @@ def test_saved_model_cli_runs_every_signature_in_the_session_loader(exported, co
         assert f"signature_def['{signature}']" in shown.stdout
     assert "outputs['probabilities']" in shown.stdout and "inputs['images']" in shown.stdout
     assert "shape: (-1, 17)" in shown.stdout and "shape: (-1, 256)" in shown.stdout
-
-
-def test_publish_takes_the_next_integer_version_and_never_shows_a_partial_one(tmp_path):
-    base = tmp_path / "resnet"
-    (base / "1").mkdir(parents=True)
-    (base / "7").mkdir()
-    (base / "notes").mkdir()
-
-    def write(folder: Path) -> None:
-        folder.mkdir()
-        (folder / "saved_model.pb").write_bytes(b"x")
-
-    first = publish_saved_model(write, base, {"model": "m"})
-    second = publish_saved_model(write, base)
-    assert (first.name, second.name) == ("8", "9")
-    assert json.loads((first / METADATA_FILE).read_text()) == {"model": "m"}
-    assert not (second / METADATA_FILE).exists()
-
-    def failing(folder: Path) -> None:
-        write(folder)
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        publish_saved_model(failing, base)
-    assert saved_model_versions(base) == [1, 7, 8, 9]
-    assert sorted(p.name for p in base.iterdir()) == ["1", "7", "8", "9", "notes"]
-
-
-def test_latest_saved_model_without_versions_is_a_clear_error(tmp_path):
-    from xrayscatter.export import latest_saved_model
-
-    with pytest.raises(XrayscatterError, match="no SavedModel version"):
-        latest_saved_model(tmp_path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
-from xrayscatter.models.resnet import build_backbone, build_classifier, feature_size, first_conv_kernel
+from xrayscatter.resnet.model import build_backbone, build_classifier, feature_size, first_conv_kernel
 
 
 def _structure(model: keras.Model) -> list[tuple]:

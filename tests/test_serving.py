@@ -22,7 +22,8 @@ from tensorflow.python.tools import saved_model_cli
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from detector_samples import pilatus_like, shared_saved_models, write_good_files
+from detector_samples import pilatus_like, write_good_files
+from helpers import shared_saved_models
 from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.cli import main
 from xrayscatter.predict import predict_directory

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import kill_when, write_pipeline
 from xrayscatter.attributes import ATTRIBUTES
+from xrayscatter.dataset import SPLITS, dataset_dir, shard_paths
 from xrayscatter.simulate.generator import simulate_image_from_config
-from xrayscatter.simulate.writer import SPLITS, dataset_dir, parse_shard_range, plan_shards, split_files
+from xrayscatter.simulate.writer import parse_shard_range, plan_shards
 
 
 def _shard_bytes(directory: Path) -> dict[str, bytes]:
@@ -37,7 +36,7 @@ def test_layout_and_manifest(smoke_dataset):
     runs = [set(manifest["splits"][s]["runs"]) for s in SPLITS]
     assert not (runs[0] & runs[1]) and not (runs[0] & runs[2]) and not (runs[1] & runs[2])  # split by run
     for split in SPLITS:
-        files = split_files(folder, split)
+        files = shard_paths(config, split)
         assert [Path(f).name for f in files] == manifest["splits"][split]["files"]
         n = len(files)
         assert all(Path(f).name.endswith(f"-of-{n:05d}") for f in files)
@@ -50,7 +49,7 @@ def test_schema_round_trip(smoke_dataset):
     from xrayscatter.schema import parse_example_numpy
 
     config = smoke_dataset
-    first = split_files(dataset_dir(config), "train")[0]
+    first = shard_paths(config, "train")[0]
     records = list(tf.data.TFRecordDataset(first).take(3).as_numpy_iterator())
     for raw in records:
         rec = parse_example_numpy(raw)
@@ -76,7 +75,7 @@ def test_job_array_shard_ranges_union_equals_single_run(smoke_dataset, tmp_path)
 
     config = _with_output(smoke_dataset, tmp_path)
     n = len(plan_shards(config))
-    toml = _write_pipeline_toml(config, tmp_path / "pipe.toml")
+    toml = _one_process_pipeline(config, tmp_path / "pipe.toml")
     procs = [subprocess.Popen([sys.executable, "-m", "xrayscatter", "simulate", "run", "-p", str(toml), "--shards", r,
                                "--processes", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for r in (f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}")]
@@ -104,32 +103,20 @@ def test_parse_shard_range():
     assert parse_shard_range("0-3,7") == [0, 1, 2, 3, 7]
 
 
-def _write_pipeline_toml(config, path: Path) -> Path:
-    sim = config.simulate
-    path.write_text(
-        f'name = "{config.name}"\nseed = {config.seed}\n[simulate]\n'
-        f'dataset = "{sim.dataset}"\nnum_images = {sim.num_images}\nimages_per_run = {sim.images_per_run}\n'
-        f"image_size = {sim.image_size}\nval_fraction = {sim.val_fraction}\ntest_fraction = {sim.test_fraction}\n"
-        f'shard_size = {sim.shard_size}\nprocesses = 1\nsaxs_fraction = {sim.saxs_fraction}\noutput_dir = "{sim.output_dir}"\n')
-    return path
+def _one_process_pipeline(config, path: Path) -> Path:
+    """The pipeline file of ``config`` with one simulation process (shards written one after another)."""
+    return write_pipeline(_with_output(config, Path(config.simulate.output_dir), processes=1), path)
 
 
 def test_killed_run_resumes_to_identical_bytes(smoke_dataset, tmp_path):
     """SIGKILL a simulate run after its first shard, start it again: same bytes as an uninterrupted run."""
     config = _with_output(smoke_dataset, tmp_path)
-    toml = _write_pipeline_toml(config, tmp_path / "pipe.toml")
+    toml = _one_process_pipeline(config, tmp_path / "pipe.toml")
     folder = dataset_dir(config)
     cmd = [sys.executable, "-m", "xrayscatter", "simulate", "run", "-p", str(toml)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if folder.is_dir() and any(".tfrecord-" in p.name and not p.name.startswith(".") for p in folder.iterdir()):
-            break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: folder.is_dir() and any(".tfrecord-" in p.name and not p.name.startswith(".")
+                                                   for p in folder.iterdir()), timeout=240)
     complete = [p for p in folder.iterdir() if ".tfrecord-" in p.name and not p.name.startswith(".")]
     reference = _shard_bytes(dataset_dir(smoke_dataset))
     assert 1 <= len(complete) < len(reference), "the kill should land mid-run"

@@ -1,25 +1,114 @@
-"""Training: two replicas in step, SIGKILL and resume, the smoke pipeline end to end, metrics."""
+"""The one training entry, ``train(task, config)``: it picks the route, both routes share one backup and record.
+
+* under ``TF_CONFIG`` with two local workers the library entry takes the custom loop and trains: both
+  workers take part, end with identical weights, and a second launch resumes from the shared backup;
+* a run backed up on one route resumes on the other;
+* ``fit`` on two replicas (logical CPUs): the update is the mean of both replicas' gradients and the
+  batch-norm statistics the mean of both replicas'.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import (finish, free_ports, last_json_line, latest_backup_step, python_script, redirect, start,
+                     tf_config_env, write_pipeline)
 from xrayscatter.config import replace
-from xrayscatter.training import average_precisions, best_f1_thresholds, learning_rate_schedule
+from xrayscatter.errors import XrayscatterError
+from xrayscatter.train import train
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+def train_command(pipeline: Path, *args: str) -> list[str]:
+    """``python -m xrayscatter.train``: the library entry ``train`` in a process of its own."""
+    return [sys.executable, "-m", "xrayscatter.train", "--pipeline", str(pipeline), *args]
+
+
+def result_of(stdout: str) -> dict:
+    line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def launch_workers(pipeline: Path, steps: int, out_dir: Path, tag: str) -> list[tuple[dict, list[np.ndarray]]]:
+    """Two workers of one cluster on 127.0.0.1 (TF_CONFIG); each one's result record and final weights."""
+    ports = free_ports(2)
+    weights = [out_dir / f"{tag}-worker{index}.npz" for index in range(2)]
+    processes = [start(train_command(pipeline, "--steps", str(steps), "--no-export", "--weights-out",
+                                     str(weights[index])), tf_config_env(index, ports), out_dir)
+                 for index in range(2)]
+    results = []
+    for stdout, path in zip(finish(processes), weights):
+        with np.load(path) as arrays:
+            ordered = sorted(arrays, key=lambda k: int(k.split("_")[1]))
+            results.append((result_of(stdout), [arrays[k] for k in ordered]))
+    return results
+
+
+def test_train_under_tf_config_with_two_local_workers_takes_the_loop_and_trains(smoke_dataset, tmp_path):
+    config = redirect(smoke_dataset, tmp_path)
+    pipeline = write_pipeline(config, tmp_path / "pipeline.toml")
+
+    first = launch_workers(pipeline, steps=2, out_dir=tmp_path, tag="first")
+    for index, (result, _weights) in enumerate(first):
+        assert result["route"] == "loop" and result["strategy"] == "MultiWorkerMirroredStrategy"
+        assert (result["task_type"], result["task_id"]) == ("worker", index)
+        assert result["workers"] == 2 and result["replicas"] == 2  # one CPU replica per worker
+        assert result["initial_step"] == 0 and result["steps_run"] == 2 and result["final_step"] == 2
+        assert not result["complete"] and all(np.isfinite(result["history"]["loss"]))
+    assert first[0][0]["chief"] and not first[1][0]["chief"]
+    # The loss is all-reduced: both workers saw the same global mean every step.
+    np.testing.assert_allclose(first[0][0]["history"]["loss"], first[1][0]["history"]["loss"], rtol=1e-6)
+    # Identical weights on both workers, and training moved them.
+    assert first[0][0]["weights_sha256"] == first[1][0]["weights_sha256"]
+    for a, b in zip(first[0][1], first[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+    # Only the chief's backup is kept in the shared folder; the other worker's temporary folder is gone.
+    logs = tmp_path / "logs" / "resnet"
+    assert latest_backup_step(logs / "backup") == 2
+    assert not [p for p in logs.iterdir() if p.name.startswith(".backup-")]
+    run_dir = Path(first[0][0]["log_dir"])
+    assert run_dir.parent == logs and list((run_dir / "train").glob("events.out.tfevents.*"))  # chief's TensorBoard
+
+    # A new launch (as after a killed job) resumes at step 2 from the shared backup, in the same run folder.
+    second = launch_workers(pipeline, steps=4, out_dir=tmp_path, tag="second")
+    for result, _weights in second:
+        assert result["initial_step"] == 2 and result["steps_run"] == 2 and result["final_step"] == 4
+    assert second[0][0]["log_dir"] == str(run_dir)
+    assert second[0][0]["weights_sha256"] == second[1][0]["weights_sha256"]
+    assert second[0][0]["weights_sha256"] != first[0][0]["weights_sha256"]
+    changed = [not np.array_equal(a, b) for a, b in zip(first[0][1], second[0][1])]
+    assert sum(changed) > len(changed) // 2
+
+
+def test_a_run_backed_up_on_one_route_resumes_on_the_other(smoke_dataset, tmp_path):
+    config = redirect(replace(smoke_dataset, "autoencoder", epochs=3, steps_per_epoch=2), tmp_path)
+    backup = tmp_path / "logs" / "autoencoder" / "backup"
+
+    loop = train("autoencoder", config, route="loop", steps=3, checkpoint_every=1, progress=False)
+    assert (loop["route"], loop["initial_step"], loop["final_step"], loop["complete"]) == ("loop", 0, 3, False)
+    assert latest_backup_step(backup) == 3 and (backup / "run.json").is_file()
+
+    fit = train("autoencoder", config, route="fit", steps=5, export=False, progress=False)
+    assert (fit["route"], fit["initial_step"], fit["final_step"], fit["complete"]) == ("fit", 3, 5, False)
+    assert fit["log_dir"] == loop["log_dir"] and latest_backup_step(backup) == 5
+    assert set(fit) == set(loop)  # one record for both routes
+
+    last = train("autoencoder", config, route="loop", progress=False)
+    assert (last["initial_step"], last["final_step"], last["complete"]) == (5, 6, True)
+    assert Path(last["saved_model"]).name == "1" and last["report"]["training"]["initial_step"] == 5
+    assert not backup.exists()  # a complete schedule removes its backup: the next run starts afresh
+
+    with pytest.raises(XrayscatterError, match="unknown training route 'keras'"):
+        train("autoencoder", config, route="keras")
+    with pytest.raises(XrayscatterError, match="unknown network 'vgg'"):
+        train("vgg", config)
+
 
 TWO_REPLICAS = textwrap.dedent("""
     import json, sys
@@ -31,24 +120,24 @@ TWO_REPLICAS = textwrap.dedent("""
 
     import keras
     from xrayscatter.config import config_from_dict
-    from xrayscatter.data import make_dataset
-    from xrayscatter.models.resnet import build_backbone, build_classifier
-    from xrayscatter.training import (SyncBatchNormStatistics, compile_classifier, make_strategy,
-                                      summed_binary_crossentropy)
+    from xrayscatter.distribute.strategy import make_statistics_sync, make_strategy
+    from xrayscatter.resnet.data import make_dataset
+    from xrayscatter.resnet.model import build_backbone, build_classifier
+    from xrayscatter.resnet.task import ResNetTask, summed_binary_crossentropy
+    from xrayscatter.train import BatchNormSync, build_training_model
 
     config = config_from_dict(json.loads(sys.argv[1]))
     size, width, steps, lr = config.resnet.input_size, config.resnet.width_multiplier, 1, 1e-3
     strategy = make_strategy()
     keras.utils.set_random_seed(0)
-    with strategy.scope():
-        classifier = build_classifier(build_backbone(size, width))
-        compile_classifier(classifier, config, steps, optimizer=keras.optimizers.SGD(lr))
+    classifier, _ = build_training_model(ResNetTask(config), strategy, steps, compile_for_fit=True,
+                                         optimizer=keras.optimizers.SGD(lr))
     start = classifier.get_weights()
     # Deterministic order, so that the reference below sees the batches the replicas see:
     # per step, replica 0 and replica 1 take the next two per-replica batches.
     data = strategy.distribute_datasets_from_function(
         lambda context: make_dataset(config, "train", training=False, input_context=context))
-    sync = SyncBatchNormStatistics(strategy)
+    sync = BatchNormSync(make_statistics_sync(strategy, classifier))
     classifier.fit(data, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[sync])
 
     # Data parallelism emulated on one device: one model per replica, each step both compute
@@ -111,13 +200,12 @@ TWO_REPLICAS = textwrap.dedent("""
 """)
 
 
-def test_two_replicas_both_contribute_gradients_and_stay_in_sync(smoke_dataset):
+def test_fit_on_two_replicas_both_contribute_gradients_and_stay_in_sync(smoke_dataset):
     # 8 images per replica: batch norms over fewer amplify rounding enough to blur the comparison.
     config = replace(smoke_dataset, "resnet", input_size=64, width_multiplier=0.125, batch_size=16, cache=False)
-    done = subprocess.run([sys.executable, "-c", TWO_REPLICAS, json.dumps(config.to_dict())], env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    done = python_script(TWO_REPLICAS, json.dumps(config.to_dict()))
     assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = last_json_line(done.stdout)
     assert result["replicas"] == 2 and len(set(result["devices"])) == 2
     assert result["copies_per_weight"] == [2] and result["weights"] > 300  # incl. batch-norm statistics
     assert result["max_copy_difference"] == 0.0  # every weight identical on both devices
@@ -127,88 +215,3 @@ def test_two_replicas_both_contribute_gradients_and_stay_in_sync(smoke_dataset):
     assert result["error_vs_first_only"] > 0.5
     # ... and the moving statistics are the mean of both replicas' updates.
     assert result["statistics_error"] < 1e-3
-
-
-KILLABLE_RUN = textwrap.dedent("""
-    import json, sys
-    from xrayscatter.config import config_from_dict
-    from xrayscatter.training import train_resnet
-    train_resnet(config_from_dict(json.loads(sys.argv[1])))
-""")
-
-
-def _csv_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def test_training_killed_with_sigkill_resumes_and_finishes_end_to_end(smoke_dataset, tmp_path):
-    from xrayscatter.training import train_resnet
-
-    config = replace(smoke_dataset, "resnet", epochs=6, steps_per_epoch=2,
-                     log_dir=str(tmp_path / "logs"), output_dir=str(tmp_path / "saved_models" / "resnet"))
-    config = replace(config, "evaluate", report_dir=str(tmp_path / "reports"))
-    metadata_file = tmp_path / "logs" / "backup" / "training_metadata.json"
-
-    process = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, json.dumps(config.to_dict())], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 400
-    backed_up = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            backed_up = json.loads(metadata_file.read_text())["epoch"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        if backed_up >= 2:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.1)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, f"not killed mid-training: {process.stderr.read()[-3000:]}"
-    assert not (tmp_path / "saved_models").exists()
-    backed_up = json.loads(metadata_file.read_text())["epoch"]  # the last backup before the kill
-    assert 2 <= backed_up < config.resnet.epochs
-
-    result = train_resnet(config)
-
-    assert result["initial_epoch"] == backed_up
-    run_dir = Path(result["log_dir"])
-    rows = _csv_rows(run_dir / "training_log.csv")
-    epochs = [int(r["epoch"]) for r in rows]
-    assert sorted(set(epochs)) == list(range(config.resnet.epochs))
-    resumed = epochs[epochs.index(backed_up, backed_up):]  # the rows the second run wrote
-    assert resumed == list(range(backed_up, config.resnet.epochs))
-    # The optimizer's step counter came back too: the learning rate follows the schedule of one run.
-    schedule = learning_rate_schedule(config, config.resnet.epochs * config.resnet.steps_per_epoch)
-    for row in rows[-len(resumed):]:
-        step = (int(row["epoch"]) + 1) * config.resnet.steps_per_epoch
-        assert float(row["learning_rate"]) == pytest.approx(float(schedule(step)), rel=1e-5)
-    assert {"loss", "pr_auc", "val_loss", "val_mAP", "val_AP_ring", "images_per_second"} <= set(rows[0])
-    assert not (tmp_path / "logs" / "backup").exists()
-
-    # TensorBoard: scalars, image grid, filters and PR curves were written.
-    assert list((run_dir / "train").glob("events.out.tfevents.*"))
-    assert len(list((run_dir / "validation").glob("events.out.tfevents.*"))) >= 2
-
-    # Hold-out report and SavedModel.
-    report = json.loads(Path(result["report_json"]).read_text())
-    assert report["pipeline"] == "smoke" and report["split"] == "test"
-    assert 0.0 < report["mAP"] <= 1.0 and report["mAP"] == pytest.approx(result["holdout_mAP"])
-    assert "| ResNet, this run |" in Path(result["report_md"]).read_text()
-    saved = Path(result["saved_model"])
-    assert saved == tmp_path / "saved_models" / "resnet" / "1"
-    metadata = json.loads((saved / "assets.extra" / "metadata.json").read_text())
-    assert set(metadata["thresholds"]) == set(report["attributes"])
-    assert metadata["training"]["initial_epoch"] == backed_up
-    assert result["replicas"] == 1 and result["images_per_second"] > 0
-
-
-def test_average_precision_and_thresholds_on_known_scores():
-    labels = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1]], np.float32)
-    scores = np.array([[0.9, 0.1, 0.2], [0.2, 0.3, 0.8], [0.7, 0.2, 0.9], [0.1, 0.4, 0.7]], np.float32)
-    ap = average_precisions(labels, scores)
-    assert ap[0] == pytest.approx(1.0)  # both positives ranked first
-    assert np.isnan(ap[1])  # no positive: no AP
-    assert ap[2] == pytest.approx((1 / 2 + 2 / 3 + 3 / 4) / 3)  # ranks 2, 3, 4 among 4
-    thresholds = best_f1_thresholds(labels, scores)
-    assert thresholds[0] == pytest.approx(0.7) and thresholds[1] == 0.5

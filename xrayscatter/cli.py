@@ -93,12 +93,6 @@ def simulate_preview(
 
 
 # --------------------------------------------------------------------------- train
-def _in_cluster() -> bool:
-    from xrayscatter.cluster import cluster_kind
-
-    return cluster_kind() != "local"
-
-
 @train_app.command("resnet")
 def train_resnet_command(pipeline: str = PipelineOption):
     """Train the ResNet on the TFRecords, report hold-out mAP, export saved_models/resnet/<version>/.
@@ -106,15 +100,9 @@ def train_resnet_command(pipeline: str = PipelineOption):
     With TF_CONFIG set, or as one task of a multi-task Slurm step, this process is one worker of a
     multi-worker training (README, "Scaling out").
     """
-    if _in_cluster():
-        # Keras 3 fit fails under MultiWorkerMirroredStrategy (keras#20585): a custom loop instead.
-        from xrayscatter.multiworker import summary_line, train_resnet_multiworker
+    from xrayscatter.train import summary_line, train
 
-        typer.echo(summary_line(train_resnet_multiworker(_config(pipeline))))
-        return
-    from xrayscatter.training import train_resnet
-
-    train_resnet(_config(pipeline))
+    typer.echo(summary_line(train("resnet", _config(pipeline))))
 
 
 @train_app.command("autoencoder")
@@ -124,14 +112,9 @@ def train_autoencoder_command(
         None, "--images-dir", help="Train on a folder of real detector images instead of the TFRecords."),
 ):
     """Train the patch autoencoder, export saved_models/autoencoder/<version>/ (multi-worker in a cluster)."""
-    if _in_cluster():
-        from xrayscatter.multiworker import summary_line, train_autoencoder_multiworker
+    from xrayscatter.train import summary_line, train
 
-        typer.echo(summary_line(train_autoencoder_multiworker(_config(pipeline), images_dir=images_dir)))
-        return
-    from xrayscatter.autoencoder_training import train_autoencoder
-
-    train_autoencoder(_config(pipeline), images_dir=images_dir)
+    typer.echo(summary_line(train("autoencoder", _config(pipeline), images_dir=images_dir)))
 
 
 # --------------------------------------------------------------------------- evaluate / predict
@@ -274,7 +257,8 @@ def data_service_dispatcher_command(
     """Run a tf.data service dispatcher until killed; point resnet.data_service at it."""
     import socket
 
-    from xrayscatter.data_service import parse_address, start_dispatcher
+    from xrayscatter.config import parse_address
+    from xrayscatter.distribute.data_service import start_dispatcher
 
     server = start_dispatcher(port, str(work_dir) if work_dir else None)
     _, bound = parse_address(server.target)
@@ -291,7 +275,7 @@ def data_service_worker_command(
         None, "--worker-address", help="Host name or IP under which trainers reach this worker (default: host name)."),
 ):
     """Run a tf.data service worker until killed: it runs training input pipelines the dispatcher hands it."""
-    from xrayscatter.data_service import start_worker, worker_hostname
+    from xrayscatter.distribute.data_service import start_worker, worker_hostname
 
     host = worker_hostname(worker_address)
     server = start_worker(dispatcher, port, host)

@@ -16,6 +16,7 @@ of the wrong type is an error naming the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ class ResNetConfig:
     cache: bool = False  # cache decoded images in memory (small data sets)
     shuffle_buffer: int = 1024
     # tf.data service dispatcher ("host:port" or "grpc://host:port") whose workers run the training
-    # input pipeline on other CPU hosts; "" → the local pipeline. See xrayscatter/data_service.py.
+    # input pipeline on other CPU hosts; "" → the local pipeline. See xrayscatter/distribute/data_service.py.
     data_service: str = ""
     output_dir: str = "saved_models/resnet"
     log_dir: str = "logs/resnet"
@@ -85,8 +86,6 @@ class ResNetConfig:
         _check(self.steps_per_epoch >= 0, where, "resnet.steps_per_epoch", "must be ≥ 0")
         _check(self.learning_rate > 0, where, "resnet.learning_rate", "must be > 0")
         if self.data_service:
-            from xrayscatter.data_service import parse_address
-
             try:
                 parse_address(self.data_service)
             except XrayscatterError as e:
@@ -201,6 +200,28 @@ _SECTIONS = {
     "autoencoder": AutoencoderConfig,
     "evaluate": EvaluateConfig,
 }
+
+
+DATA_SERVICE_KEY = "resnet.data_service"
+_ADDRESS = re.compile(r"^(?:grpc://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*):(?P<port>[0-9]{1,5})$")
+
+
+def parse_address(address: str, name: str = f"key '{DATA_SERVICE_KEY}'") -> tuple[str, int]:
+    """A tf.data service address, ``"grpc://host:port"`` or ``"host:port"`` → ``(host, port)``.
+
+    Args:
+        address: a dispatcher address.
+        name: what the address came from, for the error message (a config key or a CLI option).
+
+    Raises:
+        XrayscatterError: not of that form, or the port is not in 1–65535.
+    """
+    match = _ADDRESS.match(address.strip())
+    port = int(match["port"]) if match else 0
+    if not match or not 1 <= port <= 65535:
+        raise XrayscatterError(f"{name} must be 'host:port' or 'grpc://host:port' (a tf.data service dispatcher), "
+                               f"got {address!r}")
+    return match["host"], port
 
 
 def _check(ok: bool, where: str, key: str, reason: str) -> None:

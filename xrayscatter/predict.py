@@ -31,7 +31,9 @@ import numpy as np
 
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.errors import XrayscatterError
+from xrayscatter.files import progress_bar, write_atomically
 from xrayscatter.readers import UnreadableImageError, list_detector_files, read_detector_image
+from xrayscatter.saved_model import SAVED_MODEL_FILE, newest_version, read_metadata
 
 DEFAULT_MODEL_ROOT = Path("saved_models")
 # Searched in this order when --model is not given: the attribute model of the
@@ -44,13 +46,6 @@ TOP_ATTRIBUTES = 3
 
 
 # --------------------------------------------------------------------------- the model
-def newest_version(model_dir: Path) -> Path | None:
-    """The integer-named subfolder of ``model_dir`` with the largest number holding a SavedModel."""
-    versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()] \
-        if model_dir.is_dir() else []
-    return max(versions, key=lambda p: int(p.name)) if versions else None
-
-
 def resolve_model_dir(model: str | Path | None = None, root: str | Path = DEFAULT_MODEL_ROOT) -> Path:
     """The SavedModel folder to use.
 
@@ -65,7 +60,7 @@ def resolve_model_dir(model: str | Path | None = None, root: str | Path = DEFAUL
     """
     if model is not None:
         model = Path(model)
-        if (model / "saved_model.pb").is_file():
+        if (model / SAVED_MODEL_FILE).is_file():
             return model
         version = newest_version(model)
         if version is not None:
@@ -104,7 +99,7 @@ class TaggingModel:
 
         tf = import_tensorflow()
         self.path = Path(path)
-        metadata = _read_metadata(self.path)
+        metadata = read_metadata(self.path, required=False)
         try:
             self._loaded = tf.saved_model.load(str(self.path))
         except Exception as e:  # noqa: BLE001 - TF raises many types for a broken SavedModel
@@ -142,18 +137,6 @@ class TaggingModel:
         else:
             decisions = (scores >= self.thresholds).astype(np.int32)
         return scores, decisions
-
-
-def _read_metadata(path: Path) -> dict:
-    metadata_file = path / "assets.extra" / "metadata.json"
-    if not (path / "saved_model.pb").is_file():
-        raise XrayscatterError(f"{path}: not a SavedModel (no saved_model.pb)")
-    if not metadata_file.is_file():
-        return {}
-    try:
-        return json.loads(metadata_file.read_text())
-    except (OSError, ValueError) as e:
-        raise XrayscatterError(f"{metadata_file}: unreadable model metadata ({e})") from None
 
 
 def _attribute_names(metadata: dict, count: int, path: Path) -> tuple[str, ...]:
@@ -310,15 +293,13 @@ def run_predictions(model: TaggingModel, paths: list[Path], batch_size: int = 16
     busy stage only steals cores from TF's intra-op threads (measured slower).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     reuse_freed_memory_for_frames()
     results = [ImageResult(path) for path in paths]
     waiting: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}  # same-shape images, not yet a batch
 
-    progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
-                        console=Console(stderr=True), disable=not show_progress, transient=True)
+    progress = progress_bar("predict", fields=("rate",), console=Console(stderr=True), disable=not show_progress,
+                            transient=True)
     started = time.perf_counter()
     done = 0
 
@@ -334,10 +315,10 @@ def run_predictions(model: TaggingModel, paths: list[Path], batch_size: int = 16
             for row, i in enumerate(indices):
                 results[i].scores, results[i].decisions = scores[row], decisions[row]
         done += len(indices)
-        progress.update(task, advance=len(indices), rate=f"{done / (time.perf_counter() - started):.1f}")
+        progress.update(task, advance=len(indices), rate=f"{done / (time.perf_counter() - started):.1f} img/s")
 
     with progress:
-        task = progress.add_task("predict", total=len(paths), rate="–")
+        task = progress.add_task("", total=len(paths), rate="– img/s")
         lookahead = 2 * batch_size + workers
         for index, (path, counts, reason) in enumerate(read_ahead(paths, workers, lookahead)):
             if reason is not None:
@@ -405,24 +386,7 @@ def write_predictions(results: list[ImageResult], model: TaggingModel, output: P
     else:
         for record in prediction_records(results, model):
             buffer.write(json.dumps(record) + "\n")
-    write_text_atomically(output, buffer.getvalue())
-    return output
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except OSError as e:
-        temporary.unlink(missing_ok=True)
-        raise XrayscatterError(f"{path}: cannot write ({e.strerror or e})") from None
+    return write_atomically(output, buffer.getvalue())
 
 
 def print_summary(results: list[ImageResult], model: TaggingModel, directory: Path, seconds: float,

@@ -135,13 +135,9 @@ def models_config_text(model_names=PROJECT_MODELS, base_path: str = "/models") -
 
 def served_models(saved_models_dir: str | Path = "saved_models") -> list[str]:
     """The project models present under ``saved_models_dir`` (with at least one integer version)."""
-    root = Path(saved_models_dir)
-    present = []
-    for name in PROJECT_MODELS:
-        folder = root / name
-        if folder.is_dir() and any(p.name.isdigit() and (p / "saved_model.pb").is_file() for p in folder.iterdir()):
-            present.append(name)
-    return present
+    from xrayscatter.saved_model import newest_version
+
+    return [name for name in PROJECT_MODELS if newest_version(Path(saved_models_dir) / name) is not None]
 
 
 def write_models_config(saved_models_dir: str | Path = "saved_models", output: str | Path | None = None,
@@ -156,12 +152,11 @@ def write_models_config(saved_models_dir: str | Path = "saved_models", output: s
     Raises:
         XrayscatterError: no exported model in ``saved_models_dir``.
     """
-    from xrayscatter.predict import write_text_atomically
+    from xrayscatter.files import write_atomically
 
     names = served_models(saved_models_dir)
     if not names:
         raise XrayscatterError(f"{saved_models_dir}: no exported model (looked for "
                                f"{', '.join(PROJECT_MODELS)} with integer version folders)")
     output = Path(output) if output is not None else Path(saved_models_dir) / "models.config"
-    write_text_atomically(output, models_config_text(names, base_path))
-    return output
+    return write_atomically(output, models_config_text(names, base_path))

@@ -3,7 +3,7 @@
     patch (P, P, 1) ─► encoder ─► code logits (code_size) ─► softmax ─► decoder ─► reconstruction (P, P)
 
 The softmax output is the patch's soft assignment to ``code_size`` clusters; it is the
-feature the spatial pyramid pools (``xrayscatter.spm``). Inputs are normalised patches
+feature the spatial pyramid pools (``xrayscatter.autoencoder.spm``). Inputs are normalised patches
 (``xrayscatter.normalization.normalize_counts``), reconstructions are in the same units.
 
 The encoder uses only ``valid`` convolutions whose receptive field is exactly one patch:

@@ -15,7 +15,6 @@ and every epoch still sees new patches.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -23,97 +22,21 @@ import numpy as np
 import tensorflow as tf
 
 from xrayscatter import schema
+from xrayscatter.dataset import dataset_dir, read_records, shard_paths, split_size
+from xrayscatter.distribute.strategy import share_of_files
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.normalization import to_model_input
+from xrayscatter.readers import list_detector_files, read_detector_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- image sources
-def dataset_dir(config) -> Path:
-    """The simulated data set folder of a pipeline: ``<simulate.output_dir>/<simulate.dataset>``."""
-    return Path(config.simulate.output_dir) / config.simulate.dataset
-
-
-def read_manifest(config) -> dict:
-    """The simulated data set's manifest.json (docs/CONTRACTS.md).
-
-    Raises:
-        XrayscatterError: the data set has not been simulated (or not finalised).
-    """
-    folder = dataset_dir(config)
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise XrayscatterError(f"{folder}: no simulated data set here (manifest.json missing); "
-                               f"run 'xrayscatter simulate run --pipeline {config.source or '<pipeline>'}' first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise XrayscatterError(f"{path}: not valid JSON ({e})") from None
-
-
-def tfrecord_files(config, split: str) -> list[str]:
-    """Shard paths of one split of the pipeline's simulated data set, as listed in its manifest.
-
-    Raises:
-        XrayscatterError: the data set is missing, the split is empty or a shard is missing.
-    """
-    folder = dataset_dir(config)
-    names = read_manifest(config).get("splits", {}).get(split, {}).get("files", [])
-    if not names:
-        raise XrayscatterError(f"{folder}: split '{split}' has no shards in manifest.json")
-    files = [folder / name for name in sorted(names)]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise XrayscatterError(f"{folder}: shard(s) listed in manifest.json are missing: {', '.join(missing[:3])}")
-    return [str(f) for f in files]
-
-
-def tfrecord_split_size(config, split: str) -> int:
-    """Number of images in a split (0 when the split is absent), from the manifest."""
-    return int(read_manifest(config).get("splits", {}).get(split, {}).get("num_images", 0))
-
-
 def tfrecord_images(files: list[str], shuffle_files: bool = False, seed: int = 0) -> tf.data.Dataset:
     """Shards → dataset of raw counts, (H, W) float32 per element."""
-    files_ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_files:
-        files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    records = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-                                  num_parallel_calls=AUTOTUNE, deterministic=not shuffle_files)
+    records = read_records(files, shuffle=shuffle_files, seed=seed, cycle_length=4)
     return records.map(lambda r: schema.parse_example(r)["image"], num_parallel_calls=AUTOTUNE)
-
-
-def share_of_input_pipeline(files: list, context, make_images) -> tf.data.Dataset:
-    """This input pipeline's share of an image stream (multi-worker training), or all of it.
-
-    Args:
-        files: the sorted file list (shards or detector images).
-        context: ``tf.distribute.InputContext`` or None (a single pipeline reads everything).
-        make_images: files → dataset of images.
-
-    With at least as many files as input pipelines each pipeline reads its own files
-    (the FILE auto-shard policy: no image is decoded twice); with fewer, every pipeline
-    reads all of them and keeps every n-th image.
-    """
-    pipelines = context.num_input_pipelines if context is not None else 1
-    if pipelines <= 1:
-        return make_images(files)
-    if len(files) >= pipelines:
-        return make_images(files[context.input_pipeline_id::pipelines])
-    return make_images(files).shard(pipelines, context.input_pipeline_id)
-
-
-def list_image_files(directory: str | Path) -> list[Path]:
-    """Detector image files directly in ``directory`` (sorted).
-
-    Raises:
-        XrayscatterError: the folder is missing or holds no detector images.
-    """
-    from xrayscatter.readers import list_detector_files
-
-    return list_detector_files(directory)
 
 
 def split_heldout(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
@@ -131,8 +54,6 @@ def split_heldout(files: list[Path], fraction: float) -> tuple[list[Path], list[
 
 def _read_counts(path: bytes) -> np.ndarray:
     """numpy side of :func:`folder_images`: unreadable files become an empty image, skipped after."""
-    from xrayscatter.readers import read_detector_image
-
     try:
         return np.asarray(read_detector_image(Path(path.decode())), dtype=np.float32)
     except XrayscatterError as e:
@@ -160,8 +81,6 @@ def folder_images(files: list[Path], shuffle: bool = False, seed: int = 0) -> tf
 
 def readable_files(files: list[Path]) -> list[Path]:
     """The files that read (each is read once); the others are logged and left out."""
-    from xrayscatter.readers import read_detector_image
-
     readable = []
     for path in files:
         try:
@@ -170,6 +89,66 @@ def readable_files(files: list[Path]) -> list[Path]:
         except XrayscatterError as e:
             log.warning("skipping %s", e)
     return readable
+
+
+class PatchSource:
+    """Where the images come from: train and held-out image streams, and how many train images.
+
+    Attributes:
+        description: one line naming the source (reports, errors).
+        train_images: ``callable(input_context=None)`` → dataset of (H, W) raw counts, shuffled; with an
+            input context (multi-worker training), only that input pipeline's share of the files.
+        heldout_images: ``callable()`` → dataset of (H, W) raw counts, in a fixed order.
+        num_train_images: images in the training stream.
+    """
+
+    def __init__(self, description: str, train_images, heldout_images, num_train_images: int):
+        self.description = description
+        self.train_images = train_images
+        self.heldout_images = heldout_images
+        self.num_train_images = num_train_images
+
+    @classmethod
+    def from_tfrecords(cls, config) -> "PatchSource":
+        """The train split of the pipeline's simulated data set; held out: the val split (else test)."""
+        train_files = shard_paths(config, "train")
+        heldout_split = "val" if split_size(config, "val") else "test"
+        heldout_files = shard_paths(config, heldout_split)
+        return cls(
+            description=f"simulated TFRecords {dataset_dir(config)} (train split; held out: {heldout_split} split)",
+            train_images=lambda context=None: share_of_files(
+                train_files, context, lambda files: tfrecord_images(files, shuffle_files=True, seed=config.seed)),
+            heldout_images=lambda: tfrecord_images(heldout_files),
+            num_train_images=split_size(config, "train"),
+        )
+
+    @classmethod
+    def from_folder(cls, config, directory: str | Path) -> "PatchSource":
+        """A folder of real detector images; every k-th file held out (``autoencoder.heldout_fraction``)."""
+        files = list_detector_files(directory)
+        train, heldout = split_heldout(files, config.autoencoder.heldout_fraction)
+        heldout = readable_files(heldout)
+        # Fail now, not after an endless wait on a stream that skips every file, if nothing reads.
+        first_readable = next((f for f in train if readable_files([f])), None)
+        if first_readable is None:
+            raise XrayscatterError(f"{directory}: none of the {len(train)} training image(s) can be read")
+        if not heldout:
+            log.warning("%s: no held-out image; the reconstruction error is measured on training images",
+                        directory)
+            heldout = train
+        return cls(
+            description=f"detector images in {directory} ({len(train)} train, {len(heldout)} held out)",
+            train_images=lambda context=None: share_of_files(
+                train, context, lambda files: folder_images(files, shuffle=True, seed=config.seed)),
+            heldout_images=lambda: folder_images(heldout),
+            num_train_images=len(train),
+        )
+
+
+def patch_source(config, images_dir: str | Path | None = None) -> PatchSource:
+    """The pipeline's TFRecords, or a folder of real images (argument, else ``autoencoder.real_images_dir``)."""
+    images_dir = images_dir or config.autoencoder.real_images_dir or None
+    return PatchSource.from_folder(config, images_dir) if images_dir else PatchSource.from_tfrecords(config)
 
 
 # --------------------------------------------------------------------------- patches

@@ -6,7 +6,7 @@ For one image (Wang et al. 2017, §3.2, after Lazebnik et al. 2006):
    (``normalization.to_model_input``), and every P × P patch on a dense grid of
    stride ``stride`` px (top-left corners 0, stride, 2·stride, … ≤ s − P) is encoded
    to its soft assignment over the K = code_size clusters. The encoder runs fully
-   convolutionally over the whole image (``models.autoencoder.encode_grid``), never
+   convolutionally over the whole image (``autoencoder.model.encode_grid``), never
    in a loop over patches;
 2. a patch belongs to the pyramid cell holding its centre: at a level of L × L cells,
    cell (row, col) = (⌊(y + P/2) · L / s⌋, ⌊(x + P/2) · L / s⌋), with (y, x) its corner;
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from xrayscatter.models.autoencoder import encode_grid
+from xrayscatter.autoencoder.model import encode_grid
 from xrayscatter.normalization import to_model_input
 
 SPM_NORMALIZATION_DESCRIPTION = (
@@ -76,7 +76,7 @@ def spm_features(encoder, counts: tf.Tensor, scales, stride: int, levels) -> tf.
     """Raw detector counts (B, H, W) → SPM features (B, num_cells(levels) · K) float32.
 
     Args:
-        encoder: the autoencoder's encoder (``models.autoencoder.build_encoder``).
+        encoder: the autoencoder's encoder (``autoencoder.model.build_encoder``).
         counts: (B, H, W) raw counts, any real dtype; missing pixels negative or NaN.
         scales: square sizes (px) the image is resized to, each ≥ P.
         stride: dense grid stride (px), a multiple of P / 4.
@@ -96,7 +96,3 @@ def spm_features(encoder, counts: tf.Tensor, scales, stride: int, levels) -> tf.
     features = tf.concat(per_cell, axis=1) / float(total_patches)  # (B, cells, K)
     return tf.reshape(features, (batch, num_cells(levels) * code_size))
 
-
-def spm_features_from_config(encoder, counts: tf.Tensor, ae_config) -> tf.Tensor:
-    """:func:`spm_features` with the scales, stride and levels of an ``AutoencoderConfig``."""
-    return spm_features(encoder, counts, ae_config.scales, ae_config.spm_stride, ae_config.spm_levels)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from xrayscatter.features import NUM_CROPS, fifteen_crop_features
+from xrayscatter.resnet.features import NUM_CROPS, fifteen_crop_features
 
 
 def _interleaved_rates(cases: list[tuple], seconds: float, rounds: int = 5) -> list[float]:
@@ -59,7 +59,7 @@ def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from xrayscatter.models.resnet import build_backbone
+    from xrayscatter.resnet.model import build_backbone
 
     size = config.resnet.input_size
     frame = config.simulate.image_size

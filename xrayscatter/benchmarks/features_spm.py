@@ -21,9 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from xrayscatter.models.autoencoder import build_encoder
+from xrayscatter.autoencoder.model import build_encoder
+from xrayscatter.autoencoder.spm import grid_size, num_cells, patch_cells, spm_features
 from xrayscatter.normalization import to_model_input
-from xrayscatter.spm import grid_size, num_cells, patch_cells, spm_features
 
 
 def benchmark_image(size: int, seed: int = 0) -> np.ndarray:

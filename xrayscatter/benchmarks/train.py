@@ -3,10 +3,10 @@
 Three rates, measured one after the other in the same process on the same strategy,
 model and batch size (``config.resnet``), each after a warm-up and for a fixed time:
 
-* pipeline alone — ``data.make_dataset(train, training=True)`` iterated without a model,
+* pipeline alone — ``resnet.data.make_dataset(train, training=True)`` iterated without a model,
   cache off, so every image is read, decoded, normalised, resized and augmented;
 * in memory — ``fit`` on one batch repeated from memory (the step's ceiling);
-* pipeline-fed — ``fit`` on the real distributed pipeline, as ``train_resnet`` runs it.
+* pipeline-fed — ``fit`` on the real distributed pipeline, as ``train("resnet", config)`` runs it.
 
 Targets: pipeline-fed / in memory ≥ 0.9 (the pipeline hides behind the steps), and
 pipeline alone ≥ 3 × the training rate (headroom, since on a CPU both share the cores).
@@ -20,7 +20,7 @@ import time
 import keras
 import tensorflow as tf
 
-from xrayscatter.data import make_dataset, shard_paths
+from xrayscatter.resnet.data import make_dataset
 
 
 class _StopAfter(keras.callbacks.Callback):
@@ -79,13 +79,14 @@ def bench_train(config, seconds: float = 20.0, warmup: int = 3) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from xrayscatter.models.resnet import build_backbone, build_classifier
-    from xrayscatter.training import compile_classifier, distributed_dataset, make_strategy
+    from xrayscatter.distribute.strategy import make_strategy
+    from xrayscatter.resnet.task import ResNetTask
+    from xrayscatter.train import build_training_model
 
     settings = config.resnet
     console = Console()
-    shard_paths(config, "train")  # a clear error if the data set is missing
     strategy = make_strategy()
+    task = ResNetTask(config)  # a clear error if the data set is missing
     console.print(f"[bold]bench train[/] pipeline {config.name}: ResNet-50 layout, input {settings.input_size} px, "
                   f"width × {settings.width_multiplier:g}, global batch {settings.batch_size}, "
                   f"{strategy.num_replicas_in_sync} replica(s), {seconds:g} s per rate")
@@ -93,16 +94,14 @@ def bench_train(config, seconds: float = 20.0, warmup: int = 3) -> dict:
     with console.status("input pipeline alone"):
         alone = _pipeline_rate(make_dataset(config, "train", training=True, cache=False), warmup, seconds)
 
-    with strategy.scope():
-        classifier = build_classifier(build_backbone(settings.input_size, settings.width_multiplier))
-        compile_classifier(classifier, config, total_steps=10**6)
+    classifier, _ = build_training_model(task, strategy, total_steps=10**6, compile_for_fit=True)
     with console.status("training on one batch in memory"):
         images, labels = next(iter(make_dataset(config, "train", training=True, cache=False)))
         in_memory_data = strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors((images, labels)).repeat())
         in_memory = _fit_rate(classifier, in_memory_data, settings.batch_size, warmup, seconds)
     with console.status("training fed by the input pipeline"):
-        fed = _fit_rate(classifier, distributed_dataset(strategy, config, "train", training=True),
+        fed = _fit_rate(classifier, strategy.distribute_datasets_from_function(task.build_inputs),
                         settings.batch_size, warmup, seconds)
 
     result = {"pipeline_alone": alone, "in_memory": in_memory, "pipeline_fed": fed,

@@ -11,12 +11,11 @@ hosts::
 Everything here is a thin layer over TensorFlow's own servers and ``distribute``
 transformation (no home-made service): :func:`start_dispatcher`, :func:`start_worker`
 (what ``xrayscatter data-service dispatcher|worker`` run) and :func:`distribute`, which
-``data.make_dataset`` applies to the training pipeline when ``resnet.data_service``
+``resnet.data.make_dataset`` applies to the training pipeline when ``resnet.data_service``
 names a dispatcher. The workers read the shard files themselves: the data set folder
 must be visible at the same path on every worker host.
 
-TensorFlow is imported inside the functions so that :func:`parse_address` (used to
-validate pipeline files) does not load it.
+Addresses are read by ``config.parse_address`` (pipeline files are validated with it).
 """
 
 from __future__ import annotations
@@ -25,41 +24,17 @@ import re
 import socket
 import time
 
+from xrayscatter.config import DATA_SERVICE_KEY as CONFIG_KEY
+from xrayscatter.config import parse_address
 from xrayscatter.errors import XrayscatterError
 
-CONFIG_KEY = "resnet.data_service"
 # How long :func:`distribute` waits for the dispatcher's port before giving up. TensorFlow
 # itself retries forever, and its retry messages are hidden by TF_CPP_MIN_LOG_LEVEL=2, so
 # a mistyped address would look like a silent hang; the wait still allows starting the
 # dispatcher and the training job at the same time.
 CONNECT_TIMEOUT_S = 60.0
 
-_ADDRESS = re.compile(r"^(?:grpc://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*):(?P<port>[0-9]{1,5})$")
 _HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*)$")
-
-
-def parse_address(address: str, name: str = f"key '{CONFIG_KEY}'") -> tuple[str, int]:
-    """``"grpc://host:port"`` or ``"host:port"`` → ``(host, port)``.
-
-    Args:
-        address: a dispatcher address.
-        name: what the address came from, for the error message (a config key or a CLI option).
-
-    Raises:
-        XrayscatterError: not of that form, or the port is not in 1–65535.
-    """
-    match = _ADDRESS.match(address.strip())
-    port = int(match["port"]) if match else 0
-    if not match or not 1 <= port <= 65535:
-        raise XrayscatterError(f"{name} must be 'host:port' or 'grpc://host:port' (a tf.data service dispatcher), "
-                               f"got {address!r}")
-    return match["host"], port
-
-
-def service_target(address: str, name: str = f"key '{CONFIG_KEY}'") -> str:
-    """The ``grpc://host:port`` form that ``tf.data.experimental.service`` takes."""
-    host, port = parse_address(address, name)
-    return f"grpc://{host}:{port}"
 
 
 def start_dispatcher(port: int, work_dir: str | None = None):

@@ -1,4 +1,4 @@
-"""Which cluster this process is part of: TF_CONFIG, a Slurm job step, or none.
+"""The distribution strategy: which cluster this process is part of, its role, and what replicas share.
 
     TF_CONFIG set                          → TFConfigClusterResolver (any launcher: shell, Kubernetes)
     srun with ≥ 2 tasks (SLURM_STEP_NUM_TASKS)
@@ -9,12 +9,18 @@ Both resolvers are TensorFlow's own. Under Slurm the worker ports are
 ``XRAYSCATTER_PORT`` (default 12345) + the task's rank on its node, so several tasks may
 share a node. ``XRAYSCATTER_CLUSTER=local`` turns the detection off (e.g. several
 independent trainings launched by one ``srun``).
+
+:func:`make_strategy` turns that into a strategy: MultiWorkerMirroredStrategy in a cluster, else
+MirroredStrategy over the host's GPUs (or logical CPUs). Also here: the process's role
+(:func:`is_chief`, :func:`task_of`, :func:`num_workers`), the batch-norm statistics sync both training
+routes run (:func:`make_statistics_sync`) and each input pipeline's share of a file list
+(:func:`share_of_files`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from xrayscatter.errors import XrayscatterError
 
@@ -80,3 +86,96 @@ def cluster_resolver(environ: Mapping[str, str] | None = None):
     if kind == "slurm":
         return slurm_resolver(environ)
     return None
+
+
+# --------------------------------------------------------------------------- strategy and roles
+def make_strategy():
+    """MultiWorkerMirroredStrategy in a cluster (:func:`cluster_kind` ≠ "local"), else MirroredStrategy
+    over all GPUs or all logical CPUs."""
+    import tensorflow as tf
+
+    resolver = cluster_resolver()
+    if resolver is not None:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    if tf.config.list_logical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+
+
+def is_multi_worker(strategy) -> bool:
+    """True under MultiWorkerMirroredStrategy (where Keras 3 ``fit`` fails, keras#20585)."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def task_of(strategy) -> tuple[str, int]:
+    """(task type, task id) of this process in the cluster; ("local", 0) outside a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "local", 0
+    return str(resolver.task_type), int(resolver.task_id or 0)
+
+
+def is_chief(strategy) -> bool:
+    """True for the one process that writes logs, reports and SavedModels."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
+
+
+def num_workers(strategy) -> int:
+    """Processes taking part in training (chief and workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    spec = resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in spec.jobs if job in ("chief", "worker"))
+
+
+# --------------------------------------------------------------------------- what replicas share
+def make_statistics_sync(strategy, model):
+    """A tf.function averaging the non-trainable weights (batch-norm statistics) over all replicas, or None.
+
+    Keras 3 creates them with aggregation "none": under a mirrored strategy each replica updates its
+    own copy from its own per-replica batches and the copies drift apart (the trainable weights are
+    all-reduced and stay equal). The update is linear, m ← μ·m + (1 − μ)·s, so the mean of the copies
+    is exactly what averaging every step would give; both training routes call it before every
+    backup, validation and export.
+    """
+    import tensorflow as tf
+
+    variables = [w.value for w in model.non_trainable_weights]
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return None
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in variables])
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)
+
+    return tf.function(lambda: strategy.run(replica_fn))
+
+
+def share_of_files(files: list, context, read: Callable):
+    """This input pipeline's share of a file stream (multi-worker training), or all of it.
+
+    Args:
+        files: the sorted file list (shards or detector images).
+        context: ``tf.distribute.InputContext`` or None (a single pipeline reads everything).
+        read: files → ``tf.data.Dataset``.
+
+    With at least as many files as input pipelines each pipeline reads its own files (the FILE
+    auto-shard policy: no file is decoded twice); with fewer, every pipeline reads all of them and
+    keeps every n-th element.
+    """
+    pipelines = context.num_input_pipelines if context is not None else 1
+    if pipelines <= 1:
+        return read(list(files))
+    if len(files) >= pipelines:
+        return read(list(files)[context.input_pipeline_id::pipelines])
+    return read(list(files)).shard(pipelines, context.input_pipeline_id)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -174,24 +173,12 @@ def load_synthetic_dataset(config) -> EvaluationData:
     """
     import tensorflow as tf
 
+    from xrayscatter.dataset import SPLITS, dataset_dir, read_manifest, shard_paths
     from xrayscatter.schema import FEATURE_SPEC, parse_example_numpy
 
-    directory = Path(config.simulate.output_dir) / config.simulate.dataset
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise XrayscatterError(f"{manifest_path}: not found; simulate the data set first "
-                               "('xrayscatter simulate run' or 'make simulate')")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        attributes = tuple(manifest["attributes"])
-        split_files = {split: [directory / name for name in info["files"]]
-                       for split, info in manifest["splits"].items()}
-    except (ValueError, KeyError, TypeError) as e:
-        raise XrayscatterError(f"{manifest_path}: not a data set manifest ({type(e).__name__}: {e})") from None
-    for files in split_files.values():
-        for path in files:
-            if not path.is_file():
-                raise XrayscatterError(f"{path}: shard listed in {manifest_path.name} is missing")
+    directory = dataset_dir(config)
+    attributes = tuple(read_manifest(config).get("attributes", ()))
+    split_files = {split: [Path(p) for p in shard_paths(config, split, required=False)] for split in SPLITS}
 
     order = [s for s in SPLIT_PREFERENCE if s in split_files] + sorted(set(split_files) - set(SPLIT_PREFERENCE))
     run_spec = {"run_id": FEATURE_SPEC["run_id"]}

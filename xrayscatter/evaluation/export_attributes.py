@@ -15,24 +15,22 @@ The SVMs are trained on every image of the evaluated data set with C chosen per 
 GroupKFold over its runs; each attribute's threshold maximises F1 on the held-out decision values
 of that inner validation (not on the training images themselves), so it travels as data, not code.
 Attribute names, thresholds and the provenance are in ``assets.extra/metadata.json`` and in the
-string variables ``metadata_json`` (``loaded.metadata_json[0]``) and ``attribute_names``. No pickle.
+string variables ``metadata_json`` and ``normalization`` (the export base's constants,
+``loaded.metadata_json[0]``) and ``attribute_names``. No pickle.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-import xrayscatter
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.evaluation.features import FeatureMatrix
-from xrayscatter.evaluation.svm import FoldSpace, best_f1_thresholds, choose_c, fit_linear_svms
-
-METADATA_FORMAT_VERSION = 1
+from xrayscatter.evaluation.svm import FoldSpace, choose_c, fit_linear_svms
+from xrayscatter.metrics import best_f1_thresholds
+from xrayscatter.saved_model import SavedModelExport, constant_variables
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ def fit_deployable_svms(features: np.ndarray, block_sizes: tuple[int, ...], labe
     # One class only: a constant score on the right side of the threshold 0.
     bias[~models.trained] = np.where(models.constant[~models.trained] > 0.5, 1.0, -1.0)
     weights[:, ~models.trained] = 0.0
-    thresholds = best_f1_thresholds(selection.inner_scores, labels)
+    thresholds = best_f1_thresholds(labels, selection.inner_scores, default=0.0)  # 0: the SVM's own margin
     thresholds[~models.trained] = 0.0
     picked = np.searchsorted(np.sort(np.asarray(c_grid, dtype=np.float64)), selection.c)
     inner_ap = np.array([selection.inner_ap[min(i, selection.inner_ap.shape[0] - 1), a]
@@ -84,8 +82,69 @@ def fit_deployable_svms(features: np.ndarray, block_sizes: tuple[int, ...], labe
                           selection.c, models.trained, inner_ap)
 
 
-def _build_module(sources: list[dict], normalize_blocks: bool, svms: DeployableSVMs, attributes: tuple[str, ...],
-                  metadata: dict):
+class AttributesExport(SavedModelExport):
+    """The SVMs of one feature set on top of the feature models' own signatures.
+
+    Args:
+        feature_matrix: the feature set the SVMs were trained on (its sources name the SavedModels).
+        svms: the trained SVMs.
+        attributes: A attribute names.
+        data_summary: the evaluated data set's summary (``EvaluationData.summary()``).
+
+    Raises:
+        XrayscatterError: the feature set is a hand-crafted baseline (not a TF graph).
+    """
+
+    model = "attributes"
+
+    def __init__(self, feature_matrix: FeatureMatrix, svms: DeployableSVMs, attributes: tuple[str, ...], config,
+                 data_summary: dict, output_dir: str | Path | None = None):
+        super().__init__(config, output_dir)
+        self.sources = [s for s in feature_matrix.sources if "signature" in s]
+        if len(self.sources) != len(feature_matrix.block_sizes):
+            raise XrayscatterError(f"feature set '{feature_matrix.name}' has no SavedModel signature to export "
+                                   "(only resnet, autoencoder and resnet+autoencoder can be served)")
+        self.feature_matrix, self.svms, self.attributes, self.data_summary = (feature_matrix, svms, attributes,
+                                                                              data_summary)
+
+    def default_output_dir(self) -> str:
+        return self.config.evaluate.attributes_output_dir
+
+    def model_metadata(self) -> dict:
+        """What a user (and ``xrayscatter predict``) needs to read the outputs."""
+        matrix, svms, count = self.feature_matrix, self.svms, len(self.attributes)
+        return {
+            "signatures": {"serving_default": {
+                "inputs": {"images": "float32 (batch, height, width) raw detector counts"},
+                "outputs": {"scores": f"float32 (batch, {count}) linear SVM decision values",
+                            "decisions": f"int32 (batch, {count}) 1 where score >= threshold"}}},
+            "attributes": list(self.attributes),
+            "thresholds": [float(t) for t in svms.thresholds],
+            "threshold_rule": "per attribute, the score maximising F1 on held-out decision values of an inner "
+                              "GroupKFold over the training runs",
+            "svm_c": [float(c) for c in svms.c],
+            "trained": [bool(t) for t in svms.trained],
+            "inner_validation_ap": [None if np.isnan(v) else float(v) for v in svms.inner_ap],
+            "feature_set": matrix.name,
+            "feature_sources": [{k: v for k, v in s.items() if k != "cache_file"} for s in matrix.sources],
+            "block_sizes": list(matrix.block_sizes),
+            "block_normalization": "each block's rows L2-normalised before concatenation"
+            if len(matrix.block_sizes) > 1 else "none",
+            "standardization": "z = (x - mean) * scale, scale = 1 / (std * sqrt(block width)), fitted on all images",
+            "training_data": {k: self.data_summary[k] for k in ("source", "location", "num_images", "num_runs",
+                                                                "content_hash") if k in self.data_summary},
+        }
+
+    def write(self, path: Path, metadata: dict) -> None:
+        import tensorflow as tf
+
+        module = _tagger_module(self.sources, len(self.sources) > 1, self.svms, self.attributes,
+                                self.constants(metadata))
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
+
+
+def _tagger_module(sources: list[dict], normalize_blocks: bool, svms: DeployableSVMs, attributes: tuple[str, ...],
+                   constants: dict):
     """A tf.Module whose ``serve`` composes the feature signatures and the linear layer."""
     import tensorflow as tf
 
@@ -103,8 +162,8 @@ def _build_module(sources: list[dict], normalize_blocks: bool, svms: DeployableS
             self.bias = tf.Variable(svms.bias.astype(np.float32), trainable=False, name="bias")
             self.thresholds = tf.Variable(svms.thresholds.astype(np.float32), trainable=False, name="thresholds")
             self.attribute_names = tf.Variable(list(attributes), trainable=False, name="attribute_names")
-            self.metadata_json = [tf.Variable(json.dumps(metadata, sort_keys=True), trainable=False,
-                                              name="metadata_json")]
+            for name, variables in constant_variables(constants).items():
+                setattr(self, name, variables)
 
         @tf.function(input_signature=[tf.TensorSpec((None, None, None), tf.float32, name="images")])
         def serve(self, images):
@@ -121,41 +180,6 @@ def _build_module(sources: list[dict], normalize_blocks: bool, svms: DeployableS
     return AttributeTagger()
 
 
-def attributes_metadata(feature_matrix: FeatureMatrix, svms: DeployableSVMs, attributes: tuple[str, ...], config,
-                        data_summary: dict) -> dict:
-    """What a user (and ``xrayscatter predict``) needs to read the outputs."""
-    from xrayscatter.normalization import NORMALIZATION_DESCRIPTION
-
-    return {
-        "format_version": METADATA_FORMAT_VERSION,
-        "model": "attributes",
-        "pipeline": config.name,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "signatures": {"serving_default": {
-            "inputs": {"images": "float32 (batch, height, width) raw detector counts"},
-            "outputs": {"scores": f"float32 (batch, {len(attributes)}) linear SVM decision values",
-                        "decisions": f"int32 (batch, {len(attributes)}) 1 where score >= threshold"}}},
-        "attributes": list(attributes),
-        "thresholds": [float(t) for t in svms.thresholds],
-        "threshold_rule": "per attribute, the score maximising F1 on held-out decision values of an inner "
-                          "GroupKFold over the training runs",
-        "svm_c": [float(c) for c in svms.c],
-        "trained": [bool(t) for t in svms.trained],
-        "inner_validation_ap": [None if np.isnan(v) else float(v) for v in svms.inner_ap],
-        "feature_set": feature_matrix.name,
-        "feature_sources": [{k: v for k, v in s.items() if k != "cache_file"} for s in feature_matrix.sources],
-        "block_sizes": list(feature_matrix.block_sizes),
-        "block_normalization": "each block's rows L2-normalised before concatenation"
-        if len(feature_matrix.block_sizes) > 1 else "none",
-        "standardization": "z = (x - mean) * scale, scale = 1 / (std * sqrt(block width)), fitted on all images",
-        "normalization": NORMALIZATION_DESCRIPTION,
-        "training_data": {k: data_summary[k] for k in ("source", "location", "num_images", "num_runs",
-                                                        "content_hash") if k in data_summary},
-        "config": config.to_dict(),
-        "versions": {"xrayscatter": xrayscatter.__version__},
-    }
-
-
 def export_attribute_model(feature_matrix: FeatureMatrix, svms: DeployableSVMs, attributes: tuple[str, ...], config,
                            data_summary: dict, output_dir: str | Path | None = None) -> Path:
     """Write ``<output_dir or evaluate.attributes_output_dir>/<next version>/``; returns that folder.
@@ -163,19 +187,4 @@ def export_attribute_model(feature_matrix: FeatureMatrix, svms: DeployableSVMs, 
     Raises:
         XrayscatterError: the feature set is a hand-crafted baseline (not a TF graph).
     """
-    import tensorflow as tf
-
-    from xrayscatter.export import publish_saved_model
-
-    sources = [s for s in feature_matrix.sources if "signature" in s]
-    if len(sources) != len(feature_matrix.block_sizes):
-        raise XrayscatterError(f"feature set '{feature_matrix.name}' has no SavedModel signature to export "
-                               "(only resnet, autoencoder and resnet+autoencoder can be served)")
-    metadata = attributes_metadata(feature_matrix, svms, attributes, config, data_summary)
-    metadata["versions"]["tensorflow"] = tf.__version__
-    module = _build_module(sources, len(sources) > 1, svms, attributes, metadata)
-
-    def write(path: Path) -> None:
-        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
-
-    return publish_saved_model(write, output_dir or config.evaluate.attributes_output_dir, metadata)
+    return AttributesExport(feature_matrix, svms, attributes, config, data_summary, output_dir).export()

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from xrayscatter.errors import XrayscatterError
+from xrayscatter.files import atomic_path
+from xrayscatter.saved_model import latest_saved_model
 
 FEATURE_SETS = ("resnet", "autoencoder", "resnet+autoencoder")
 DEFAULT_FEATURE_SETS_FOR_EXPORT = ("resnet+autoencoder", "resnet", "autoencoder")  # preference order
@@ -62,18 +63,13 @@ class FeatureMatrix:
 
 # --------------------------------------------------------------------------- models
 def newest_model_version(model_dir: str | Path, model: str) -> Path:
-    """``model_dir/<largest integer>/`` holding a ``saved_model.pb``.
+    """The newest SavedModel version of ``model`` (``saved_model.latest_saved_model``).
 
     Raises:
         XrayscatterError: none there (says which command makes one).
     """
-    model_dir = Path(model_dir)
-    versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()] \
-        if model_dir.is_dir() else []
-    if not versions:
-        raise XrayscatterError(f"{model_dir}: no SavedModel version found (run '{_TRAIN_COMMAND.get(model, 'train')}' "
-                               "first, or drop the feature set from evaluate.feature_sets)")
-    return max(versions, key=lambda p: int(p.name))
+    return latest_saved_model(model_dir, f"run '{_TRAIN_COMMAND.get(model, 'train')}' first, or drop the feature "
+                                         "set from evaluate.feature_sets")
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -113,16 +109,9 @@ class FeatureCache:
         return values if values.ndim == 2 and values.shape[0] == num_images else None
 
     def save(self, path: Path, values: np.ndarray, description: dict) -> None:
-        """Write atomically: a temporary name in the same folder, then rename."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(temporary, "wb") as f:
-                np.savez(f, values=values.astype(np.float32), description=np.array(json.dumps(description)))
-            os.replace(temporary, path)
-        finally:
-            if temporary.exists():
-                temporary.unlink()
+        """Write atomically (``files.atomic_path``)."""
+        with atomic_path(path) as temporary, open(temporary, "wb") as f:
+            np.savez(f, values=values.astype(np.float32), description=np.array(json.dumps(description)))
 
 
 # --------------------------------------------------------------------------- extraction

@@ -11,8 +11,8 @@ What a report holds (Wang et al., WACV 2017, as this run measured it):
   package versions.
 
 The report is assembled from one list of blocks rendered twice (Markdown with PNG files beside it,
-HTML with the same PNGs embedded), so the two never disagree. The folder appears atomically:
-it is written under a temporary name and renamed into place.
+HTML with the same PNGs embedded), so the two never disagree. Nothing half-written is visible: the
+figures folder is written under a temporary name and renamed into place, each file atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import html
 import io
 import json
 import os
-import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Callable
 import numpy as np
 
 from xrayscatter.attributes import slug
+from xrayscatter.files import write_atomically
+from xrayscatter.provenance import package_versions
 
 # The paper's numbers (mAP, %), Wang et al., WACV 2017.
 PAPER_TABLE3 = {"bow": 67.1, "resnet": 77.1}  # synthetic hold-out, 17 attributes
@@ -85,19 +86,9 @@ class ReportData:
 
 
 # --------------------------------------------------------------------------- numbers
-def package_versions() -> dict:
+def report_versions() -> dict:
     """Python, platform and the versions of the packages the numbers depend on."""
-    import importlib
-
-    import xrayscatter
-
-    out = {"python": platform.python_version(), "platform": platform.platform(), "xrayscatter": xrayscatter.__version__}
-    for name in VERSIONED_PACKAGES:
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
-            continue
-    return out
+    return package_versions(VERSIONED_PACKAGES, python=True, system=True)
 
 
 def _pct(value: float | None) -> float | None:
@@ -487,7 +478,7 @@ def write_report(data: ReportData, report_root: str | Path) -> Path:
     Returns the report folder.
     """
     metrics = data.metrics
-    metrics.setdefault("versions", package_versions())
+    metrics.setdefault("versions", report_versions())
     tables = paper_tables(metrics)
     gaps = ap_gaps(metrics)
     gallery = {}
@@ -523,22 +514,20 @@ def write_report(data: ReportData, report_root: str | Path) -> Path:
                          and p.suffix in (".md", ".html", ".json"))
     blocks = build_blocks(data, tables, gaps, gallery, names, other_files)
     # The folder is shared with the training stages' reports (resnet_holdout.md, autoencoder.md):
-    # only this report's own files are replaced, each by a rename, figures/ first, metrics.json last.
-    temporary = final / f".evaluation.tmp-{os.getpid()}"
+    # only this report's own files are replaced, each atomically, figures/ first, metrics.json last.
+    temporary = final / f".{FIGURES}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     try:
-        (temporary / FIGURES).mkdir(parents=True)
+        temporary.mkdir(parents=True)
         for file, png in figures.items():
-            (temporary / file).write_bytes(png)
-        (temporary / "report.md").write_text(render_markdown(blocks))
-        (temporary / "report.html").write_text(render_html(blocks, f"xrayscatter evaluation: {data.name}", figures))
-        (temporary / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False, default=_json_default)
-                                                + "\n")
-        _replace_folder(temporary / FIGURES, final / FIGURES)
-        for name in ("report.md", "report.html", "metrics.json"):
-            os.replace(temporary / name, final / name)
+            (temporary / Path(file).name).write_bytes(png)
+        _replace_folder(temporary, final / FIGURES)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+    write_atomically(final / "report.md", render_markdown(blocks))
+    write_atomically(final / "report.html", render_html(blocks, f"xrayscatter evaluation: {data.name}", figures))
+    write_atomically(final / "metrics.json", json.dumps(metrics, indent=2, sort_keys=False, default=_json_default)
+                     + "\n")
     return final
 
 

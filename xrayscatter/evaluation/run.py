@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from xrayscatter.attributes import ATTRIBUTES
@@ -28,13 +27,10 @@ from xrayscatter.evaluation.export_attributes import export_attribute_model, fit
 from xrayscatter.evaluation.features import (DEFAULT_FEATURE_SETS_FOR_EXPORT, FeatureCache, feature_sets,
                                              model_fingerprint, newest_model_version, signature_outputs)
 from xrayscatter.evaluation.protocol import COMBINATION_TEXT, CrossValidation, leave_one_run_out, summarize
+from xrayscatter.evaluation.report import FEATURE_LABELS, ReportData, report_versions, write_report
 from xrayscatter.evaluation.svm import LIBLINEAR_TOLERANCE
-from xrayscatter.reports import FEATURE_LABELS, ReportData, package_versions, write_report
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+from xrayscatter.files import progress_bar
+from xrayscatter.metrics import HOLDOUT_AP_RULE, average_precisions, mean_average_precision
 
 
 def run_evaluation(config, data_dir: str | Path | None = None, report_name: str | None = None,
@@ -71,7 +67,7 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
     group = data.group_labels(ev.hierarchy_attribute) if ev.hierarchical else None
     cache = FeatureCache(ev.cache_dir)
 
-    with _progress(console) as progress:
+    with progress_bar("", elapsed=True, console=console, transient=True) as progress:
         step = time.perf_counter()
         matrices = feature_sets(ev.feature_sets, data, config, cache, progress)
         for name in ev.baselines:
@@ -106,7 +102,7 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
         "network_holdout": holdout,
         "export": export,
         "config": config.to_dict(),
-        "versions": package_versions(),
+        "versions": report_versions(),
     }
     if ev.hierarchical:
         metrics["hierarchical"] = {
@@ -190,12 +186,11 @@ def _feature_metrics(matrix, result: CrossValidation, data: EvaluationData) -> d
 def network_holdout(data: EvaluationData, config, cache: FeatureCache, progress=None) -> dict | None:
     """The ResNet's own sigmoid outputs on the test split, AP per attribute (the paper's Table 3 row).
 
-    Only for synthetic data labelled with the network's 17 attributes.
+    Only for synthetic data labelled with the network's 17 attributes; the hold-out AP rule of
+    :mod:`xrayscatter.metrics` (an attribute whose test labels hold one class only has no AP).
     """
     if data.source != "synthetic" or tuple(data.attributes) != ATTRIBUTES:
         return None
-    from sklearn.metrics import average_precision_score
-
     rows = np.array([i for i, s in enumerate(data.splits) if s == "test"], dtype=np.int64)
     path = newest_model_version(config.resnet.output_dir, "resnet")
     if len(rows) == 0:
@@ -209,13 +204,10 @@ def network_holdout(data: EvaluationData, config, cache: FeatureCache, progress=
                                           config.evaluate.feature_batch_size, rows, progress,
                                           "ResNet outputs (test split)")
         cache.save(cache_path, probabilities, description)
-    per_attribute = {}
-    for a, name in enumerate(data.attributes):
-        y = data.labels[rows, a] > 0.5
-        per_attribute[name] = float(average_precision_score(y, probabilities[:, a])) if 0 < y.sum() < len(y) else None
-    values = [v for v in per_attribute.values() if v is not None]
-    return {"map": float(np.mean(values)) if values else None, "num_images": int(len(rows)),
-            "num_attributes": len(values), "model": str(path), "per_attribute": per_attribute}
+    ap = average_precisions(data.labels[rows], probabilities)
+    per_attribute = {name: (float(ap[a]) if np.isfinite(ap[a]) else None) for a, name in enumerate(data.attributes)}
+    return {"map": mean_average_precision(ap), "num_images": int(len(rows)), "num_attributes": int(np.isfinite(ap).sum()),
+            "model": str(path), "per_attribute": per_attribute, "ap_rule": HOLDOUT_AP_RULE}
 
 
 def _export(matrices: dict, data: EvaluationData, config, threads: int) -> dict:

@@ -307,34 +307,3 @@ def choose_c(space: FoldSpace, fit_rows: np.ndarray, labels: np.ndarray, runs: n
     inner_scores = held_out[best, :, np.arange(num_attributes)].T
     return CSelection(chosen, inner_ap, inner_scores, measured)
 
-
-def best_f1_thresholds(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-attribute decision threshold maximising F1 on held-out scores.
-
-    Args:
-        scores: (n, A) held-out decision values (NaN: none).
-        labels: (n, A) 1 / 0 / NaN.
-
-    Returns:
-        (A,) float64 thresholds (``decision = score >= threshold``); 0, the SVM's own margin,
-        where the held-out data cannot choose one (no positives, or no scores).
-    """
-    thresholds = np.zeros(scores.shape[1])
-    for a in range(scores.shape[1]):
-        ok = ~np.isnan(scores[:, a]) & ~np.isnan(labels[:, a])
-        y = labels[ok, a] > 0.5
-        s = scores[ok, a]
-        if y.sum() == 0 or y.sum() == y.size:
-            continue
-        order = np.argsort(-s, kind="stable")
-        s_sorted, y_sorted = s[order], y[order]
-        true_pos = np.cumsum(y_sorted)
-        predicted = np.arange(1, len(s_sorted) + 1)
-        f1 = 2 * true_pos / (predicted + y.sum())
-        # Only cut between distinct scores.
-        last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-        f1[~last_of_tie] = -1
-        k = int(np.argmax(f1))
-        # Midway to the next lower score, so the chosen positives stay positive under small shifts.
-        thresholds[a] = s_sorted[k] if k + 1 == len(s_sorted) else 0.5 * (s_sorted[k] + s_sorted[k + 1])
-    return thresholds

@@ -1,6 +1,6 @@
-"""tf.data input pipelines over the sharded TFRecords of one split.
+"""The ResNet's tf.data input pipelines over the sharded TFRecords of one split.
 
-    shard list ─► (per-worker shard) ─► shuffle files (train) ─► parallel interleave
+    shard list (dataset.py) ─► (per-worker shard) ─► shuffle files (train) ─► parallel interleave
     ─► parse + decode 16-bit PNG ─► normalise, pad square, resize (in graph) ─► cache (optional)
     ─► shuffle + repeat + augment (train) ─► batch ─► (tf.data service, train, optional) ─► prefetch
 
@@ -12,124 +12,20 @@ shards the files per input pipeline (worker).
 
 Elements are ``(images, labels)``: (b, S, S, 1) float32 normalised images and
 (b, 17) float32 multi-hot labels, S = ``config.resnet.input_size``.
-
-A truncated shard is found before reading starts (:func:`count_records` walks the
-record frames); a shard corrupt inside is found when TensorFlow fails on it, and
-:func:`naming_bad_shards` turns that failure into an ``XrayscatterError`` naming the file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import struct
-from pathlib import Path
-
 import tensorflow as tf
 
-from xrayscatter.errors import XrayscatterError
+from xrayscatter.dataset import count_records, read_records, shard_paths
+from xrayscatter.distribute.strategy import share_of_files
 from xrayscatter.normalization import to_model_input
 from xrayscatter.schema import FEATURE_SPEC, parse_example
 
-SPLITS = ("train", "val", "test")
 # Training crops come from the image resized to 256/224 of the input size: the
 # smallest scale of the paper's 15-crop feature.
 TRAIN_RESIZE_FACTOR = 256 / 224
-# TFRecord framing: uint64 length, uint32 CRC of the length, data, uint32 CRC of the data.
-_HEADER_BYTES = 12
-_FOOTER_BYTES = 4
-
-
-# --------------------------------------------------------------------------- files
-def dataset_dir(config) -> Path:
-    """``<simulate.output_dir>/<simulate.dataset>``: the data set folder."""
-    return Path(config.simulate.output_dir) / config.simulate.dataset
-
-
-def shard_paths(config, split: str) -> list[str]:
-    """Sorted shard paths of a split.
-
-    Raises:
-        XrayscatterError: unknown split, or the data set folder has no shard of it.
-    """
-    from xrayscatter.simulate.writer import split_files
-
-    if split not in SPLITS:
-        raise XrayscatterError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
-    folder = dataset_dir(config)
-    paths = split_files(folder, split)
-    if not paths:
-        raise XrayscatterError(
-            f"{folder}: no '{split}' shards ({config.simulate.dataset}-{split}.tfrecord-*); "
-            f"run 'xrayscatter simulate run --pipeline {config.source or '<pipeline>'}' first")
-    return paths
-
-
-def count_records(path: str) -> int:
-    """Number of records in a TFRecord file, walking its frames (reads 12 bytes per record).
-
-    Raises:
-        XrayscatterError: the file is missing, unreadable, or ends inside a record.
-    """
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(0)
-            count = 0
-            while True:
-                start = f.tell()
-                header = f.read(_HEADER_BYTES)
-                if not header:
-                    return count
-                if len(header) < _HEADER_BYTES:
-                    raise XrayscatterError(f"{path}: truncated TFRecord shard (record {count} at byte {start} "
-                                           f"has an incomplete header)")
-                (length,) = struct.unpack("<Q", header[:8])
-                end = start + _HEADER_BYTES + length + _FOOTER_BYTES
-                if end > size:
-                    raise XrayscatterError(f"{path}: truncated or corrupt TFRecord shard (record {count} at byte "
-                                           f"{start} needs {end} bytes, the file has {size})")
-                f.seek(end)
-                count += 1
-    except OSError as e:
-        raise XrayscatterError(f"{path}: cannot read TFRecord shard ({e.strerror or e})") from None
-
-
-def split_size(config, split: str) -> int:
-    """Images in a split, counted from the shards' record frames (also checks them for truncation)."""
-    return sum(count_records(p) for p in shard_paths(config, split))
-
-
-def find_bad_shard(paths: list[str]) -> tuple[str, str] | None:
-    """Read and decode every record of every shard; the first failing shard and why, or None.
-
-    Slow (decodes everything): called only after TensorFlow has failed on the data.
-    """
-    for path in paths:
-        try:
-            count_records(path)
-            for record in tf.data.TFRecordDataset(path).map(parse_example):
-                del record
-        except XrayscatterError as e:
-            return path, str(e).split(": ", 1)[-1]
-        except tf.errors.OpError as e:
-            return path, e.message.strip().splitlines()[0]
-    return None
-
-
-@contextlib.contextmanager
-def naming_bad_shards(paths: list[str]):
-    """Turn a TensorFlow data error raised inside the block into an XrayscatterError naming the shard.
-
-    Errors that no shard explains (a bug, not the data) are re-raised unchanged.
-    """
-    try:
-        yield
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        bad = find_bad_shard(paths)
-        if bad is None:
-            raise
-        path, reason = bad
-        raise XrayscatterError(f"{path}: corrupt or truncated TFRecord shard ({reason})") from error
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -138,24 +34,9 @@ def train_load_size(input_size: int) -> int:
     return int(round(input_size * TRAIN_RESIZE_FACTOR))
 
 
-def _records(paths: list[str], training: bool, input_context) -> tf.data.Dataset:
-    """Serialized records of the shards, sharded per input pipeline, interleaved in parallel."""
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    pipelines = input_context.num_input_pipelines if input_context is not None else 1
-    shard_by_file = pipelines > 1 and len(paths) >= pipelines
-    if shard_by_file:
-        files = files.shard(pipelines, input_context.input_pipeline_id)
-    if training:
-        files = files.shuffle(len(paths), reshuffle_each_iteration=True)
-    records = files.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(paths), 16),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not training,
-    )
-    if pipelines > 1 and not shard_by_file:  # fewer files than workers: every worker reads all, keeps its share
-        records = records.shard(pipelines, input_context.input_pipeline_id)
-    return records
+def shard_records(paths: list[str], training: bool, input_context) -> tf.data.Dataset:
+    """Serialized records of this input pipeline's share of the shards, read in parallel (shuffled when training)."""
+    return share_of_files(paths, input_context, lambda files: read_records(files, shuffle=training))
 
 
 def augment(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -188,7 +69,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
         paths: shard paths (default: the split's shards in the data set folder).
 
     With ``config.resnet.data_service`` set, the training pipeline (``training=True``) is run
-    by the tf.data service workers of that dispatcher (:mod:`xrayscatter.data_service`).
+    by the tf.data service workers of that dispatcher (:mod:`xrayscatter.distribute.data_service`).
 
     Returns:
         Dataset of (images (b, S, S, 1) float32, labels (b, 17) float32).
@@ -207,7 +88,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
         image = to_model_input(record["image"][None], load_size)[0]
         return image, record["labels"]
 
-    dataset = _records(paths, training, input_context)
+    dataset = shard_records(paths, training, input_context)
     if not training and input_context is None:
         # A known length lets Keras size its progress and predict loops without running dry.
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(sum(count_records(p) for p in paths)))
@@ -227,7 +108,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
         # prediction need one pass in file order (predictions line up with make_label_dataset)
         # with a known length, which parallel-epoch service jobs do not give, and they are a
         # small share of the decoding work.
-        from xrayscatter.data_service import distribute
+        from xrayscatter.distribute.data_service import distribute
 
         dataset = distribute(dataset, settings.data_service)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -240,7 +121,7 @@ def make_label_dataset(config, split: str, paths: list[str] | None = None) -> tf
     """
     paths = shard_paths(config, split) if paths is None else list(paths)
     spec = {"labels": FEATURE_SPEC["labels"]}
-    records = _records(paths, training=False, input_context=None)
+    records = shard_records(paths, training=False, input_context=None)
     records = records.apply(tf.data.experimental.assert_cardinality(sum(count_records(p) for p in paths)))
     return records.map(lambda r: tf.cast(tf.io.parse_single_example(r, spec)["labels"], tf.float32),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

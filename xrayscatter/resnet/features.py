@@ -67,7 +67,7 @@ def fifteen_crop_features(backbone, counts: tf.Tensor, input_size: int) -> tf.Te
     """(B, H, W) raw counts → (B, F) float32: the mean of the 15 crops' pooled features.
 
     Args:
-        backbone: (n, S, S, 1) → (n, F) feature model (``models.resnet.build_backbone``).
+        backbone: (n, S, S, 1) → (n, F) feature model (``resnet.model.build_backbone``).
         input_size: S (px), the backbone's input side.
     """
     batch = tf.shape(counts)[0]

@@ -24,6 +24,7 @@ STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2), ("con
 STEM_FILTERS = 64
 EXPANSION = 4  # a bottleneck's output has 4× its inner width
 BN_EPSILON = 1.001e-5  # as keras.applications.resnet
+BACKBONE_NAME = "resnet50"  # the backbone's layer name inside the classifier
 
 
 def scaled(filters: int, width_multiplier: float) -> int:
@@ -56,7 +57,7 @@ def _bottleneck(x, filters: int, stride: int, conv_shortcut: bool, name: str):
 
 
 def build_backbone(input_size: int, width_multiplier: float = 1.0, channels: int = 1,
-                   name: str = "resnet50") -> keras.Model:
+                   name: str = BACKBONE_NAME) -> keras.Model:
     """The ResNet-50 feature extractor.
 
     Args:

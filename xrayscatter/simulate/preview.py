@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from xrayscatter.config import PipelineConfig
+from xrayscatter.files import atomic_path
 from xrayscatter.simulate.generator import simulate_image_from_config
 
 
@@ -29,7 +29,6 @@ def write_preview(config: PipelineConfig, output: str | Path | None = None, coun
     import matplotlib.pyplot as plt
 
     output = Path(output) if output else Path(config.evaluate.report_dir) / config.name / "preview.png"
-    output.parent.mkdir(parents=True, exist_ok=True)
     rows = int(np.ceil(count / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
     for k, ax in enumerate(axes.ravel()):
@@ -43,8 +42,7 @@ def write_preview(config: PipelineConfig, output: str | Path | None = None, coun
         ax.set_title(f"#{image.image_id} run {image.run_id} {run['mode']} {run['detector']['name']}\n{modules}\n"
                      + "\n".join(", ".join(image.tags[i:i + 3]) for i in range(0, len(image.tags), 3)), fontsize=6.5)
     fig.tight_layout()
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(output, suffix=".png") as temporary:
+        fig.savefig(temporary, dpi=110)
     plt.close(fig)
-    os.replace(tmp, output)
     return output

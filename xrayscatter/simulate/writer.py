@@ -6,6 +6,8 @@ Layout (TFDS style)::
     tfrecords/<dataset>/shard_index/<shard file name>.json   # per-shard summary
     tfrecords/<dataset>/manifest.json
 
+(names and folder: ``xrayscatter/dataset.py``, which every reader of the data set goes through).
+
 Splits are made *by run* (all images of a run land in one split). A shard is written to a
 temporary name and renamed when complete, after its summary, so a shard file that exists
 is complete; a killed run, started again, skips complete shards and writes the rest. Each
@@ -20,23 +22,20 @@ import json
 import math
 import multiprocessing
 import os
-import platform
-import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xrayscatter import __version__
 from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.config import PipelineConfig, SimulateConfig
+from xrayscatter.dataset import INDEX_DIR, MANIFEST, SPLITS, dataset_dir, shard_name
 from xrayscatter.errors import XrayscatterError
+from xrayscatter.files import atomic_path, progress_bar, write_atomically
+from xrayscatter.provenance import package_versions
 from xrayscatter.simulate.generator import SIMULATOR_VERSION, simulate_image_from_config
 from xrayscatter.simulate.runs import STREAM_SPLIT, rng_for
-
-SPLITS = ("train", "val", "test")
-INDEX_DIR = "shard_index"
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,7 @@ class ShardSpec:
     image_ids: tuple[int, ...]
 
     def filename(self, dataset: str) -> str:
-        return f"{dataset}-{self.split}.tfrecord-{self.index:05d}-of-{self.count:05d}"
-
-
-def dataset_dir(config: PipelineConfig) -> Path:
-    return Path(config.simulate.output_dir) / config.simulate.dataset
+        return shard_name(dataset, self.split, self.index, self.count)
 
 
 def split_runs(sim: SimulateConfig, seed: int) -> dict[str, list[int]]:
@@ -85,13 +80,6 @@ def plan_shards(config: PipelineConfig) -> list[ShardSpec]:
     return shards
 
 
-def split_files(directory: str | Path, split: str) -> list[str]:
-    """Sorted shard paths of one split in a data set folder."""
-    directory = Path(directory)
-    pattern = re.compile(rf"^.+-{re.escape(split)}\.tfrecord-\d{{5}}-of-\d{{5}}$")
-    return sorted(str(p) for p in directory.iterdir() if pattern.match(p.name)) if directory.is_dir() else []
-
-
 def parse_shard_range(text: str) -> list[int]:
     """'3' → [3]; '0-9' → [0, …, 9]; '0-3,7' → [0, 1, 2, 3, 7]."""
     out: list[int] = []
@@ -119,12 +107,6 @@ def _fingerprint(config: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) -> dict:
     """Simulate and write one shard (runs in a worker process). Returns its summary."""
     from xrayscatter.tf_runtime import import_tensorflow
@@ -134,24 +116,25 @@ def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) 
 
     out_dir = dataset_dir(config)
     final = out_dir / shard.filename(config.simulate.dataset)
-    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
     counts = np.zeros(len(ATTRIBUTES), dtype=np.int64)
     runs = set()
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for image_id in shard.image_ids:
-            image = simulate_image_from_config(config.simulate, config.seed, image_id)
-            writer.write(serialize_example(image.counts, image.labels, image.run_id, image.image_id, image.params))
-            counts += np.asarray(image.labels)
-            runs.add(image.run_id)
-            if progress_queue is not None:
-                progress_queue.put(1)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    summary = {"file": final.name, "split": shard.split, "number": shard.number, "num_images": len(shard.image_ids),
-               "first_image_id": shard.image_ids[0], "last_image_id": shard.image_ids[-1], "runs": sorted(runs),
-               "attribute_counts": {a: int(c) for a, c in zip(ATTRIBUTES, counts)}, "sha256": digest,
-               "fingerprint": _fingerprint(config)}
-    _atomic_write_text(out_dir / INDEX_DIR / f"{final.name}.json", json.dumps(summary, indent=1, sort_keys=True))
-    os.replace(tmp, final)  # the shard appears only now, complete
+    with atomic_path(final) as tmp:  # the shard appears only at the end of the block, complete
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for image_id in shard.image_ids:
+                image = simulate_image_from_config(config.simulate, config.seed, image_id)
+                writer.write(serialize_example(image.counts, image.labels, image.run_id, image.image_id,
+                                               image.params))
+                counts += np.asarray(image.labels)
+                runs.add(image.run_id)
+                if progress_queue is not None:
+                    progress_queue.put(1)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        summary = {"file": final.name, "split": shard.split, "number": shard.number,
+                   "num_images": len(shard.image_ids), "first_image_id": shard.image_ids[0],
+                   "last_image_id": shard.image_ids[-1], "runs": sorted(runs),
+                   "attribute_counts": {a: int(c) for a, c in zip(ATTRIBUTES, counts)}, "sha256": digest,
+                   "fingerprint": _fingerprint(config)}
+        write_atomically(out_dir / INDEX_DIR / f"{final.name}.json", json.dumps(summary, indent=1, sort_keys=True))
     return summary
 
 
@@ -205,14 +188,10 @@ def simulate_dataset(config: PipelineConfig, shard_selection: list[int] | None =
     n_proc = max(1, min(n_proc, len(todo))) if todo else 1
     total = sum(len(s.image_ids) for s in todo)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("[bold]simulate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn())
     skipped = len(shards) - len(todo)
     description = f"{config.simulate.dataset} ({len(todo)} shards, {skipped} already complete, {n_proc} processes)"
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task(description, total=total)
+    with progress_bar("simulate", fields=("unit",), elapsed=True, disable=not progress) as bar:
+        task = bar.add_task(description, total=total, unit="images")
         if n_proc == 1:
             for shard in todo:
                 _write_shard(config, shard)
@@ -237,18 +216,6 @@ def simulate_dataset(config: PipelineConfig, shard_selection: list[int] | None =
         print(f"wrote shards {shard_selection[0]}-{shard_selection[-1]}; run 'xrayscatter simulate finalize' "
               f"when every job has finished")
     return out_dir
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"xrayscatter": __version__, "python": platform.python_version(), "simulator": SIMULATOR_VERSION}
-    for package in ("numpy", "scipy", "tensorflow"):
-        try:
-            out[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def finalize_dataset(config: PipelineConfig) -> Path:
@@ -278,9 +245,9 @@ def finalize_dataset(config: PipelineConfig) -> Path:
         "dataset": config.simulate.dataset, "attributes": list(ATTRIBUTES), "splits": splits,
         "num_images": config.simulate.num_images, "image_size": config.simulate.image_size,
         "images_per_run": config.simulate.images_per_run, "seed": config.seed,
-        "config": config.to_dict(), "schema": SCHEMA_DESCRIPTION, "versions": _versions(),
+        "config": config.to_dict(), "schema": SCHEMA_DESCRIPTION,
+        "versions": package_versions(("numpy", "scipy", "tensorflow"), python=True,
+                                     extra={"simulator": SIMULATOR_VERSION}),
         "fingerprint": _fingerprint(config),
     }
-    path = out_dir / "manifest.json"
-    _atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
-    return path
+    return write_atomically(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
