@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
+from xrayscatter.benchmarks import results_table
 from xrayscatter.evaluation.protocol import leave_one_run_out, summarize
 from xrayscatter.evaluation.svm import LIBLINEAR_MAX_ITER, LIBLINEAR_TOLERANCE, FoldSpace, fit_linear_svms
 
@@ -113,24 +113,21 @@ def bench_evaluate(images: int = 2832, dims: int = 23552, attributes: int = 98, 
            "fits_per_second": fits / result.seconds, "map_paper": summary["map_paper"],
            "map_strict": summary["map_strict"], "unconverged_fits": result.unconverged, **comparison}
 
-    table = Table(title=f"leave-one-run-out evaluation: {images} images × {dims} dims × {attributes} attributes, "
-                        f"{runs} runs, {threads} threads")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
     verdict = "under" if result.seconds < TARGET_SECONDS else "OVER"
-    table.add_row("whole evaluation (C search + SVMs + AP)",
-                  f"{result.seconds:.1f} s ({verdict} the {TARGET_SECONDS / 60:.0f}-min target)")
-    table.add_row("CPU time of this process (all threads)", f"{cpu:.1f} s → {cpu / result.seconds:.2f} cores busy "
-                  f"on average; {cpu / threads:.0f} s if {threads} cores were free")
-    table.add_row("per fold", f"{result.seconds / runs:.1f} s")
-    table.add_row("LinearSVC fits (upper bound)", f"{fits} → {fits / result.seconds:.1f} fits/s")
-    table.add_row("mAP paper convention / strict (synthetic signal)",
-                  f"{100 * summary['map_paper']:.1f} / {100 * summary['map_strict']:.1f}")
+    rows = [("whole evaluation (C search + SVMs + AP)",
+             f"{result.seconds:.1f} s ({verdict} the {TARGET_SECONDS / 60:.0f}-min target)"),
+            ("CPU time of this process (all threads)", f"{cpu:.1f} s → {cpu / result.seconds:.2f} cores busy "
+             f"on average; {cpu / threads:.0f} s if {threads} cores were free"),
+            ("per fold", f"{result.seconds / runs:.1f} s"),
+            ("LinearSVC fits (upper bound)", f"{fits} → {fits / result.seconds:.1f} fits/s"),
+            ("mAP paper convention / strict (synthetic signal)",
+             f"{100 * summary['map_paper']:.1f} / {100 * summary['map_strict']:.1f}")]
     if comparison:
-        table.add_row(f"one fit on the raw {dims}-d rows", f"{comparison['raw_fit_s']:.2f} s")
-        table.add_row("same fit through the Gram factor", f"{comparison['gram_fit_s']:.2f} s "
-                      f"(+ {comparison['gram_prepare_s']:.1f} s per fold for K and its Cholesky)")
-        table.add_row("speed-up per fit", f"{comparison['raw_fit_s'] / max(comparison['gram_fit_s'], 1e-9):.0f}×")
-        table.add_row("max |decision difference|", f"{comparison['max_decision_difference']:.2e}")
-    console.print(table)
+        rows += [(f"one fit on the raw {dims}-d rows", f"{comparison['raw_fit_s']:.2f} s"),
+                 ("same fit through the Gram factor", f"{comparison['gram_fit_s']:.2f} s "
+                  f"(+ {comparison['gram_prepare_s']:.1f} s per fold for K and its Cholesky)"),
+                 ("speed-up per fit", f"{comparison['raw_fit_s'] / max(comparison['gram_fit_s'], 1e-9):.0f}×"),
+                 ("max |decision difference|", f"{comparison['max_decision_difference']:.2e}")]
+    console.print(results_table(f"leave-one-run-out evaluation: {images} images × {dims} dims × {attributes} "
+                                f"attributes, {runs} runs, {threads} threads", ("measure", "value"), rows))
     return out

@@ -23,6 +23,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from xrayscatter.benchmarks import results_table
 from xrayscatter.resnet.features import NUM_CROPS, fifteen_crop_features
 
 
@@ -57,7 +58,6 @@ def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0) -> dict:
         ``ideal`` (= plain_passes / 15) and ``ratio`` (= fifteen_crop / ideal).
     """
     from rich.console import Console
-    from rich.table import Table
 
     from xrayscatter.resnet.model import build_backbone
 
@@ -77,16 +77,13 @@ def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0) -> dict:
     result = {"fifteen_crop": fifteen_rate, "plain_passes": plain_rate, "ideal": plain_rate / NUM_CROPS,
               "ratio": fifteen_rate / (plain_rate / NUM_CROPS)}
 
-    table = Table(title=f"15-crop features, pipeline {config.name}: input {size} px, "
-                        f"width × {config.resnet.width_multiplier:g}, {frame}-px frames, {images} per call")
-    table.add_column("measurement")
-    table.add_column("rate", justify="right")
-    table.add_column("target", justify="right")
-    table.add_row("15-crop features (one batched pass)", f"{fifteen_rate:.2f} features/s", "")
-    table.add_row("plain forward passes", f"{plain_rate:.1f} passes/s", "")
-    table.add_row("ideal 15-crop rate (plain / 15)", f"{result['ideal']:.2f} features/s", "")
-    table.add_row("15-crop / ideal", f"{result['ratio']:.2f}", "≥ 0.9")
-    console.print(table)
+    console.print(results_table(
+        f"15-crop features, pipeline {config.name}: input {size} px, width × {config.resnet.width_multiplier:g}, "
+        f"{frame}-px frames, {images} per call", ("measurement", "rate", "target"), [
+            ("15-crop features (one batched pass)", f"{fifteen_rate:.2f} features/s", ""),
+            ("plain forward passes", f"{plain_rate:.1f} passes/s", ""),
+            ("ideal 15-crop rate (plain / 15)", f"{result['ideal']:.2f} features/s", ""),
+            ("15-crop / ideal", f"{result['ratio']:.2f}", "≥ 0.9")]))
     return result
 
 

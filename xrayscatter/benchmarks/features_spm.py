@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from xrayscatter.autoencoder.model import build_encoder
 from xrayscatter.autoencoder.spm import grid_size, num_cells, patch_cells, spm_features
+from xrayscatter.benchmarks import results_table
 from xrayscatter.normalization import to_model_input
 
 
@@ -74,7 +75,6 @@ def bench_spm_features(config, seconds: float = 3.0, batch_size: int = 8) -> dic
         batch_size: images per call in the batched dense-grid case.
     """
     from rich.console import Console
-    from rich.table import Table
 
     ae = config.autoencoder
     size = config.simulate.image_size
@@ -109,15 +109,13 @@ def bench_spm_features(config, seconds: float = 3.0, batch_size: int = 8) -> dic
         row["patches_per_second"] = patches / row["seconds_per_image"]
         row["speedup_over_loop"] = loop_s / row["seconds_per_image"]
 
-    table = Table(title=f"SPM features ({num_cells(ae.spm_levels)} × {ae.code_size} = "
-                        f"{num_cells(ae.spm_levels) * ae.code_size:,}-d) of a {size} × {size} image: scales "
-                        f"{list(ae.scales)}, stride {ae.spm_stride} px, {patches} patches per image")
-    for column in ("method", "images/call", "features/s (images/s)", "patches/s", "ms/image", "speed-up vs loop"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(row["method"], str(row["images_per_call"]), f"{row['images_per_second']:.2f}",
-                      f"{row['patches_per_second']:,.0f}", f"{1000 * row['seconds_per_image']:.1f}",
-                      f"{row['speedup_over_loop']:.1f}×")
+    table = results_table(
+        f"SPM features ({num_cells(ae.spm_levels)} × {ae.code_size} = {num_cells(ae.spm_levels) * ae.code_size:,}-d) "
+        f"of a {size} × {size} image: scales {list(ae.scales)}, stride {ae.spm_stride} px, {patches} patches per image",
+        ("method", "images/call", "features/s (images/s)", "patches/s", "ms/image", "speed-up vs loop"),
+        [(row["method"], str(row["images_per_call"]), f"{row['images_per_second']:.2f}",
+          f"{row['patches_per_second']:,.0f}", f"{1000 * row['seconds_per_image']:.1f}",
+          f"{row['speedup_over_loop']:.1f}×") for row in rows], first_left=False)
     console = Console()
     console.print(table)
     console.print(f"max |dense grid − per-patch loop| = {difference:.2e} (same features)")

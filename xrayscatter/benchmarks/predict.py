@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xrayscatter.benchmarks import results_table
 from xrayscatter.errors import XrayscatterError
 
 TARGET_RATIO = 0.8
@@ -87,7 +88,6 @@ def bench_predict(model: str | Path | None = None, images: int = 64, size: int =
         workers: reader threads (default as ``predict``).
     """
     from rich.console import Console
-    from rich.table import Table
 
     from xrayscatter.predict import TaggingModel, _default_workers, resolve_model_dir, reuse_freed_memory_for_frames
 
@@ -114,12 +114,12 @@ def bench_predict(model: str | Path | None = None, images: int = 64, size: int =
                 end_to_end = max(end_to_end, end_to_end_rate(tagging_model, paths, batch_size, workers))
                 reading = max(reading, read_rate(paths, workers))
     ratio = end_to_end / forward
-    table = Table(title=f"predict throughput: {images} TIFFs of {size}² px, batch {batch_size}, "
-                        f"{workers} reader threads, model {tagging_model.path}")
-    for column in ("forward alone (img/s)", "end to end (img/s)", "ratio", "target", "reading alone (img/s)"):
-        table.add_column(column, justify="right")
-    table.add_row(f"{forward:.1f}", f"{end_to_end:.1f}", f"{ratio:.2f}", f"≥ {TARGET_RATIO}", f"{reading:.1f}")
-    console.print(table)
+    console.print(results_table(
+        f"predict throughput: {images} TIFFs of {size}² px, batch {batch_size}, {workers} reader threads, "
+        f"model {tagging_model.path}",
+        ("forward alone (img/s)", "end to end (img/s)", "ratio", "target", "reading alone (img/s)"),
+        [(f"{forward:.1f}", f"{end_to_end:.1f}", f"{ratio:.2f}", f"≥ {TARGET_RATIO}", f"{reading:.1f}")],
+        first_left=False))
     return {"forward": forward, "end_to_end": end_to_end, "ratio": ratio, "reading": reading,
             "images": images, "size": size, "batch_size": batch_size, "workers": workers,
             "model": str(tagging_model.path)}

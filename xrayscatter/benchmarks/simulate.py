@@ -6,6 +6,7 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from xrayscatter.benchmarks import results_table
 from xrayscatter.simulate.generator import simulate_image
 
 SEED = 12345
@@ -48,15 +49,12 @@ def bench_simulate(sizes: list[int], seconds: float = 10.0) -> list[dict]:
     """Print and return images/s at each size for 1 and 2 processes. Targets (2-core CPU):
     ≥ 20 images/s per core at 256², ≥ 2 at 1024², speed-up ≥ 1.7 with 2 processes."""
     from rich.console import Console
-    from rich.table import Table
 
     targets = {256: 20.0, 1024: 2.0}
     rows = [measure(size, seconds) for size in sizes]
-    table = Table(title="simulator throughput (images/s)")
-    for col in ("size (px)", "images/s, 1 process", "images/s, 2 processes", "per process", "speed-up 1→2", "target/core"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(f"{r['size']}²", f"{r['rate_1']:.1f}", f"{r['rate_2']:.1f}", f"{r['per_process']:.1f}",
-                      f"{r['speedup']:.2f}", f"≥ {targets[r['size']]:g}" if r["size"] in targets else "-")
-    Console().print(table)
+    Console().print(results_table(
+        "simulator throughput (images/s)",
+        ("size (px)", "images/s, 1 process", "images/s, 2 processes", "per process", "speed-up 1→2", "target/core"),
+        [(f"{r['size']}²", f"{r['rate_1']:.1f}", f"{r['rate_2']:.1f}", f"{r['per_process']:.1f}", f"{r['speedup']:.2f}",
+          f"≥ {targets[r['size']]:g}" if r["size"] in targets else "-") for r in rows], first_left=False))
     return rows

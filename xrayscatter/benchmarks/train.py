@@ -20,6 +20,7 @@ import time
 import keras
 import tensorflow as tf
 
+from xrayscatter.benchmarks import results_table
 from xrayscatter.resnet.data import make_dataset
 
 
@@ -77,7 +78,6 @@ def bench_train(config, seconds: float = 20.0, warmup: int = 3) -> dict:
         ``fed_over_memory`` and ``pipeline_over_training``.
     """
     from rich.console import Console
-    from rich.table import Table
 
     from xrayscatter.distribute.strategy import make_strategy
     from xrayscatter.resnet.task import ResNetTask
@@ -106,14 +106,11 @@ def bench_train(config, seconds: float = 20.0, warmup: int = 3) -> dict:
 
     result = {"pipeline_alone": alone, "in_memory": in_memory, "pipeline_fed": fed,
               "fed_over_memory": fed / in_memory, "pipeline_over_training": alone / in_memory}
-    table = Table(title=f"training throughput, pipeline {config.name} (images/s)")
-    table.add_column("measurement")
-    table.add_column("images/s", justify="right")
-    table.add_column("target", justify="right")
-    table.add_row("input pipeline alone (decode + augment, no cache)", f"{alone:.1f}", "")
-    table.add_row("training steps, one batch in memory", f"{in_memory:.1f}", "")
-    table.add_row("training fed by the input pipeline", f"{fed:.1f}", "")
-    table.add_row("pipeline-fed / in memory", f"{result['fed_over_memory']:.2f}", "≥ 0.9")
-    table.add_row("pipeline alone / training", f"{result['pipeline_over_training']:.1f}", "≥ 3")
-    console.print(table)
+    console.print(results_table(f"training throughput, pipeline {config.name} (images/s)",
+                                ("measurement", "images/s", "target"), [
+                                    ("input pipeline alone (decode + augment, no cache)", f"{alone:.1f}", ""),
+                                    ("training steps, one batch in memory", f"{in_memory:.1f}", ""),
+                                    ("training fed by the input pipeline", f"{fed:.1f}", ""),
+                                    ("pipeline-fed / in memory", f"{result['fed_over_memory']:.2f}", "≥ 0.9"),
+                                    ("pipeline alone / training", f"{result['pipeline_over_training']:.1f}", "≥ 3")]))
     return result
