@@ -31,6 +31,7 @@ def test_layout_and_manifest(smoke_dataset):
     folder = dataset_dir(config)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["attributes"] == list(ATTRIBUTES)
+    assert set(manifest["versions"]) == {"xrayscatter", "python", "simulator", "numpy", "scipy", "tensorflow"}
     total = sum(manifest["splits"][s]["num_images"] for s in SPLITS)
     assert total == config.simulate.num_images
     runs = [set(manifest["splits"][s]["runs"]) for s in SPLITS]
