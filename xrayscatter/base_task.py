@@ -12,7 +12,10 @@ and optimizer, and that reports and exports it after training:
                             forever, this input pipeline's share of the files
 ``per_example_loss(t, o)``  (b,) float32 loss of each example; the mean over the global batch is
                             the loss both routes minimise
-``build_metrics()``         Keras metrics shown during ``fit``
+``compile_loss()``          what ``fit`` compiles with (default ``per_example_loss``; Keras applies one
+                            loss to each output, so a network with several outputs returns its
+                            per-output structure here, the same terms ``per_example_loss`` sums)
+``build_metrics()``         Keras metrics shown during ``fit`` (a per-output structure for several outputs)
 ``fit_callbacks(...)``      the task's own ``fit`` callbacks (validation, figures, best checkpoint)
 ``validation_data()``       what ``fit`` validates on after every epoch (or None)
 ``after_training(...)``     after the schedule (both routes): e.g. back to the best checkpoint
@@ -98,6 +101,10 @@ class Task:
 
     def per_example_loss(self, targets, outputs):
         raise NotImplementedError
+
+    def compile_loss(self):
+        """The loss ``fit`` compiles with: ``per_example_loss`` for a single output."""
+        return self.per_example_loss
 
     def build_metrics(self) -> list:
         return []

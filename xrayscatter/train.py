@@ -71,7 +71,7 @@ def build_training_model(task: Task, strategy, total_steps: int, compile_for_fit
         optimizer = optimizer or task.build_optimizer(model, total_steps)
         optimizer.build(model.trainable_variables)
         if compile_for_fit:
-            model.compile(optimizer=optimizer, loss=task.per_example_loss, metrics=task.build_metrics(),
+            model.compile(optimizer=optimizer, loss=task.compile_loss(), metrics=task.build_metrics(),
                           jit_compile=task.jit_compile)
     return model, optimizer
 
