@@ -62,17 +62,22 @@ def _render_piece(piece: Piece, maps: RunMaps) -> np.ndarray:
     return img * maps.geometric_factor
 
 
-def _background(rng, maps: RunMaps, level: float) -> np.ndarray:
+def _background(rng, maps: RunMaps, level: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W) background counts (smooth field + air + parasitic streaks) and, separately, its air part
+    (None without air): air scattering rises towards the beam like a sample's low-q scattering, and
+    a person looking at the image cannot tell the two apart, so the tag rules read it as such."""
     bg = maps.params["background"]
     g = maps.geometry
     shape = maps.shape
     image = det.smooth_background(shape, rng, level, bg["variation"], bg["scale_frac"] * max(shape))
+    air = None
     if bg["air_fraction"] > 0:  # air/window scattering falling off from the beam
         r = maps.geometry.radius_px_map() + 2.0
-        image += (level * bg["air_fraction"] * (r / (0.1 * max(shape))) ** bg["air_exponent"]).astype(np.float32)
+        air = (level * bg["air_fraction"] * (r / (0.1 * max(shape))) ** bg["air_exponent"]).astype(np.float32)
+        image += air
     if bg["streaks"]:
         image += det.parasitic_streaks(shape, (g.beam_x, g.beam_y), rng, level * rng.uniform(0.5, 5.0), bg["streaks"])
-    return image
+    return image, air
 
 
 def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
@@ -125,7 +130,10 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
                                     "bump": piece.info["sf_bump"], "piece": index})
 
     bg_level = run["background"]["level"] * exposure / run["exposure"] * _log_uniform(rng, 0.7, 1.4)
-    background = _background(rng, maps, bg_level) * maps.transmission
+    background, air = _background(rng, maps, bg_level)
+    background = background * maps.transmission
+    if air is not None:
+        roles["air"] = air * maps.transmission
     g = maps.geometry
     beam = det.direct_beam(shape, (g.beam_x, g.beam_y), rng.uniform(1.0, 4.0),
                            sample_peak * _log_uniform(rng, 1e2, 1e4)) * maps.transmission
