@@ -236,6 +236,34 @@ def test_slab_over_q_squared_matches_sasmodels_lamellar():
     assert form_factors.slab_form_factor(np.array([2 * np.pi / 30.0]), 30.0)[0] == pytest.approx(0.0, abs=1e-20)
 
 
+def test_lattice_module_uses_the_form_factor_of_its_objects():
+    """HEX rings are weighted by the cylinder cross-section, LAM rings by the slab factor, 3-D
+    lattices by spheres (SAXS) or atoms (WAXS): ring area = Σ|F|²·P(q_hkl)/q² (no Debye–Waller)."""
+    from xrayscatter.simulate.modules import _site_factor
+
+    q = np.linspace(1e-3, 0.5, 4000)
+    expected_kind = {("SAXS", "HEX"): "cylinder", ("SAXS", "LAM"): "slab", ("SAXS", "BCC"): "sphere",
+                     ("WAXS", "FCC"): "atomic", ("WAXS", "HEX"): "cylinder", ("WAXS", "LAM"): "slab"}
+    for (mode, lattice), kind in expected_kind.items():
+        a = 300.0 if mode == "SAXS" else 3.6
+        d_nn = lattices.nearest_neighbour_distance(lattice, a)
+        grid = q if mode == "SAXS" else q * 20
+        ff, _, record = _site_factor(np.random.default_rng(1), grid, mode, lattice, a, d_nn)
+        assert record["form_factor"] == kind
+        if kind == "cylinder":
+            assert np.allclose(ff, form_factors.polydisperse_cylinder_cross_section(grid, record["radius"],
+                                                                                    record["polydispersity"]),
+                               rtol=1e-3, atol=1e-6)  # the record rounds the radius
+        if kind == "slab":
+            assert record["thickness"] < a
+            assert np.allclose(ff, form_factors.slab_form_factor(grid, record["thickness"]), rtol=1e-3, atol=1e-6)
+        q1 = lattices.first_peak_q(lattice, a)
+        _, _, rings = lattices.powder_profile(grid, lattice, q1, fwhm_0=q1 * 0.01, fwhm_growth=0.0,
+                                              debye_waller_sigma=0.0, form_factor=ff, max_ratio=3.0)
+        for ring, refl in zip(rings, lattices.reflections(lattice, 3.0)):
+            assert ring.area == pytest.approx(refl.weight * np.interp(ring.q, grid, ff) / ring.q**2, rel=1e-9)
+
+
 # --------------------------------------------------------------------------- atoms and real crystals
 def _pyfai_calibrant(name: str) -> list[tuple[float, tuple[int, ...], float | None]]:
     """(d spacing Å, hkl, relative intensity or None) rows of a pyFAI calibrant file."""

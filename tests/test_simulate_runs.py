@@ -27,6 +27,24 @@ def test_run_parameters_do_not_depend_on_image_size():
         assert records[0] == records[1] == records[2], run_id
 
 
+def test_image_parameters_do_not_depend_on_image_size():
+    """The same (seed, index) gives the same lattice constants, radii, q positions … at 256 and
+    1024 px (and at 48 and 160 px for many more indices); only the counts differ."""
+    def modules_at(size, i):
+        image = simulate_image(2017, i, images_per_run=5, image_size=size)
+        return image.params["image"]["attempt"], image.params["image"]["modules"]
+
+    compared = 0
+    for sizes, indices in (((256, 1024), range(4)), ((48, 160), range(4, 64))):
+        for i in indices:
+            (attempt_a, mods_a), (attempt_b, mods_b) = modules_at(sizes[0], i), modules_at(sizes[1], i)
+            if attempt_a != attempt_b:  # tags decided what is visible at that size: another redraw
+                continue
+            compared += 1
+            assert mods_a == mods_b, (i, sizes)
+    assert compared >= 50
+
+
 def test_visible_q_range_comes_from_the_native_geometry():
     for run_id in range(60):
         run = sample_run_params(3, run_id, 128, 0.6)
