@@ -75,7 +75,9 @@ def _draw_beamstop(rng: np.random.Generator, kind: str, px_per_mm: float) -> dic
         holder = _choice(rng, CIRCULAR_HOLDERS)
         arm_angle = _along_axes_or_any(rng)
         if holder == "arm":
-            arm_half_width = radius_mm * rng.uniform(0.2, 0.6) * px_per_mm
+            # an arm at most ~⅓ of the disc's radius: a disc on an arm as wide as itself is a bar
+            # (the linear stop below), and a person tells the two apart by the disc standing out
+            arm_half_width = radius_mm * rng.uniform(0.12, 0.35) * px_per_mm
         elif holder == "wire":
             arm_half_width = rng.uniform(0.5, 1.0)  # a 1–2 native-pixel wire
         else:
@@ -87,7 +89,7 @@ def _draw_beamstop(rng: np.random.Generator, kind: str, px_per_mm: float) -> dic
         through = bool(rng.random() < 0.2)
         bs.update(angle=_along_axes_or_any(rng, 0.8), half_width_mm=half_width_mm,
                   half_width_px=half_width_mm * px_per_mm, through=through,
-                  tip_radius_px=half_width_mm * px_per_mm * rng.uniform(1.0, 1.6))
+                  tip_radius_px=half_width_mm * px_per_mm * rng.uniform(1.0, 1.25))  # no disc at the end
     elif kind == "wedge":
         apex_mm = rng.uniform(0.5, 4.0)
         bs.update(angle=_along_axes_or_any(rng), half_angle=float(np.radians(rng.uniform(8, 22))),
