@@ -204,3 +204,135 @@ def test_hcp_first_rings_follow_ideal_c_over_a():
     assert [r.hkl for r in refl[:3]] == [(1, 0, 0), (0, 0, 2), (1, 0, 1)]
     assert np.allclose([r.ratio for r in refl[:3]], [1.0, 1.0607, 1.1319], atol=1e-3)
     assert [r.multiplicity for r in refl[:3]] == [6, 2, 12]
+
+
+# --------------------------------------------------------------------------- form factor per lattice
+def test_cylinder_cross_section_first_zero_at_3_832():
+    x = np.linspace(3.6, 4.0, 4001)
+    p = form_factors.cylinder_cross_section(x, 1.0)
+    assert x[np.argmin(p)] == pytest.approx(3.8317, abs=2e-4)
+    assert form_factors.cylinder_cross_section(np.array([0.0, 1e-6]), 50.0) == pytest.approx([1.0, 1.0])
+
+
+def test_long_cylinder_powder_matches_sasmodels_cylinder():
+    """sasmodels' orientation-averaged cylinder at L ≫ R is π/(qL)·(2J₁(qR)/qR)², away from the zeros
+    of J₁ (which the exact average fills in)."""
+    from scipy.special import jn_zeros
+
+    q = np.linspace(0.01, 0.5, 400)
+    radius, length = 40.0, 20000.0
+    ref = _sasmodels("cylinder", q, radius=radius, length=length, scale=1.0, background=0.0)
+    ours = form_factors.long_cylinder_powder(q, radius, length)
+    far_from_zeros = np.min(np.abs(q[:, None] * radius - jn_zeros(1, 10)[None]), axis=1) > 0.3
+    ratio = (ref / ours)[far_from_zeros]
+    assert np.all(np.abs(ratio / np.median(ratio) - 1) < 0.02)
+
+
+def test_slab_over_q_squared_matches_sasmodels_lamellar():
+    q = np.linspace(0.005, 0.6, 500)
+    ref = _sasmodels("lamellar", q, thickness=30.0, scale=1.0, background=0.0)
+    ours = form_factors.slab_form_factor(q, 30.0) / q**2
+    assert np.allclose(ours / ours[0], ref / ref[0], rtol=1e-6)
+    assert form_factors.slab_form_factor(np.array([2 * np.pi / 30.0]), 30.0)[0] == pytest.approx(0.0, abs=1e-20)
+
+
+def test_lattice_module_uses_the_form_factor_of_its_objects():
+    """HEX rings are weighted by the cylinder cross-section, LAM rings by the slab factor, 3-D
+    lattices by spheres (SAXS) or atoms (WAXS): ring area = Σ|F|²·P(q_hkl)/q² (no Debye–Waller)."""
+    from xrayscatter.simulate.modules import _site_factor
+
+    q = np.linspace(1e-3, 0.5, 4000)
+    expected_kind = {("SAXS", "HEX"): "cylinder", ("SAXS", "LAM"): "slab", ("SAXS", "BCC"): "sphere",
+                     ("WAXS", "FCC"): "atomic", ("WAXS", "HEX"): "cylinder", ("WAXS", "LAM"): "slab"}
+    for (mode, lattice), kind in expected_kind.items():
+        a = 300.0 if mode == "SAXS" else 3.6
+        d_nn = lattices.nearest_neighbour_distance(lattice, a)
+        grid = q if mode == "SAXS" else q * 20
+        ff, _, record = _site_factor(np.random.default_rng(1), grid, mode, lattice, a, d_nn)
+        assert record["form_factor"] == kind
+        if kind == "cylinder":
+            assert np.allclose(ff, form_factors.polydisperse_cylinder_cross_section(grid, record["radius"],
+                                                                                    record["polydispersity"]),
+                               rtol=1e-3, atol=1e-6)  # the record rounds the radius
+        if kind == "slab":
+            assert record["thickness"] < a
+            assert np.allclose(ff, form_factors.slab_form_factor(grid, record["thickness"]), rtol=1e-3, atol=1e-6)
+        q1 = lattices.first_peak_q(lattice, a)
+        _, _, rings = lattices.powder_profile(grid, lattice, q1, fwhm_0=q1 * 0.01, fwhm_growth=0.0,
+                                              debye_waller_sigma=0.0, form_factor=ff, max_ratio=3.0)
+        for ring, refl in zip(rings, lattices.reflections(lattice, 3.0)):
+            assert ring.area == pytest.approx(refl.weight * np.interp(ring.q, grid, ff) / ring.q**2, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- atoms and real crystals
+def _pyfai_calibrant(name: str) -> list[tuple[float, tuple[int, ...], float | None]]:
+    """(d spacing Å, hkl, relative intensity or None) rows of a pyFAI calibrant file."""
+    import importlib.resources
+
+    rows = []
+    text = (importlib.resources.files("pyFAI") / "resources" / "calibration" / f"{name}.D").read_text()
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        d, rest = line.split("#", 1)
+        hkl = tuple(int(v) for v in rest[rest.index("(") + 1:rest.index(")")].split())
+        tail = rest[rest.index(")") + 1:].split()
+        rows.append((float(d), hkl, float(tail[1]) if len(tail) > 1 else None))
+    return rows
+
+
+def test_atomic_form_factors_start_at_the_atomic_number():
+    for element, z in form_factors.ATOMIC_NUMBER.items():
+        assert form_factors.atomic_form_factor(np.zeros(1), element)[0] == pytest.approx(z, abs=0.06)
+        f = form_factors.atomic_form_factor(np.linspace(0, 12, 50), element)
+        assert np.all(np.diff(f) < 0)
+
+
+@pytest.mark.parametrize("name,lattice,a", [("Au", "FCC", 4.0782), ("Al", "FCC", 4.0495), ("Si", "DIA", 5.4312),
+                                            ("LaB6", "SC", 4.1568), ("AgBh", "LAM", 58.38)])
+def test_ring_positions_match_pyfai_calibrants(name, lattice, a):
+    """Our reflection sequences at the calibrants' lattice constants give pyFAI's d spacings, in order."""
+    rows = _pyfai_calibrant(name)
+    d_ref = sorted({round(d, 5) for d, _, _ in rows}, reverse=True)[:8]
+    q1 = lattices.first_peak_q(lattice, a)
+    d_ours = [2 * np.pi / (q1 * r.ratio) for r in lattices.reflections(lattice, 6.0)][:8]
+    n = min(len(d_ours), len(d_ref))
+    assert n >= 6
+    assert np.allclose(d_ours[:n], d_ref[:n], rtol=2e-4)
+
+
+@pytest.mark.parametrize("element,a,b_factor", [("Al", 4.0495, 0.6), ("Au", 4.0782, 1.0)])
+def test_fcc_ring_intensities_match_pyfai_calibrant_tables(element, a, b_factor):
+    """The calibrants' relative intensities (Cu Kα, unpolarised tube) are reproduced by our ring
+    areas — multiplicity × (f/f₀)² × Debye–Waller / q² — converted to 2θ (÷ k cos θ) and times the
+    polarisation factor (1 + cos² 2θ)/2, with the tables' Debye–Waller B (Å²)."""
+    rows = [r for r in _pyfai_calibrant(element) if r[2] is not None]
+    wavelength = 1.5406
+    k = 2 * np.pi / wavelength
+    q1 = lattices.first_peak_q("FCC", a)
+    sigma = np.sqrt(b_factor / (8 * np.pi**2))  # B = 8π²⟨u²⟩ and DW = exp(−⟨u²⟩ q²)
+    q_grid = np.linspace(0.01, 8.0, 8000)
+    ff = form_factors.atomic_form_factor_squared(q_grid, element)
+    _, _, rings = lattices.powder_profile(q_grid, "FCC", q1, fwhm_0=1e-3, fwhm_growth=0.0,
+                                          debye_waller_sigma=sigma, form_factor=ff, max_ratio=2.0)
+    ours = []
+    for ring in rings[:len(rows)]:
+        theta = np.arcsin(ring.q / (2 * k))
+        ours.append(ring.area / (k * np.cos(theta)) * (1 + np.cos(2 * theta) ** 2) / 2)
+    ours = 100 * np.array(ours) / ours[0]
+    assert np.allclose(ours, [r[2] for r in rows], rtol=5e-3, atol=0.05)
+
+
+@pytest.mark.parametrize("shape", ["gaussian", "lorentzian", "pseudo-voigt"])
+def test_pixel_integrated_peaks_keep_their_area(shape):
+    """A pixel records the average of the ring over its q span: areas are kept, a ring much narrower
+    than a pixel becomes a one-pixel box, and a box of zero width is the bare peak."""
+    q = np.linspace(0.0, 2.0, 200001)
+    for fwhm, box in ((0.01, 0.002), (0.001, 0.02), (0.01, 0.0)):
+        peak = lattices.pixel_integrated_peak(q, 1.0, fwhm, shape, box)
+        area = np.trapezoid(peak, q)
+        assert area == pytest.approx(np.trapezoid(lattices.peak_shape(q, 1.0, fwhm, shape), q), rel=1e-4)
+    narrow = lattices.pixel_integrated_peak(np.array([1.0]), 1.0, 1e-4, "gaussian", 0.02)[0]
+    assert narrow == pytest.approx(1 / 0.02, rel=1e-3)
+    bare = lattices.pixel_integrated_peak(q, 1.0, 0.01, shape, 0.0)
+    assert np.array_equal(bare, lattices.peak_shape(q, 1.0, 0.01, shape))

@@ -34,8 +34,14 @@ def debye_intensity(q: np.ndarray, positions: np.ndarray, bin_width: float | Non
     if bin_width is None:
         bin_width = 0.1 * np.pi / q.max()
     r, n = pair_distance_histogram(positions, bin_width)
+    occupied = n > 0  # empty bins add nothing; bin centres are > 0, so sin(qr)/qr needs no guard at r = 0
+    r, n = r[occupied], n[occupied]
     qr = np.outer(q, r)
-    return (len(positions) + 2.0 * (np.sinc(qr / np.pi) @ n)) / len(positions)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kernel = np.sin(qr)
+        kernel /= qr
+    kernel[qr == 0] = 1.0  # q = 0: sin(qr)/qr → 1
+    return (len(positions) + 2.0 * (kernel @ n)) / len(positions)
 
 
 def random_gas(rng: np.random.Generator, num: int, radius: float, box: float) -> np.ndarray:

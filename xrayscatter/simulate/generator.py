@@ -20,7 +20,7 @@ from xrayscatter.simulate.modules import MODULES, Piece
 from xrayscatter.simulate.runs import STREAM_IMAGE, RunMaps, rng_for, run_maps
 from xrayscatter.simulate.tags import RingEvidence, SceneForTags, decide_tags
 
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2  # 2: physical sizes per mode, form factor per lattice, native-unit instruments
 MAX_ATTEMPTS = 20  # redraws (deterministic) until an image carries at least one of the 17 tags
 
 
@@ -40,19 +40,6 @@ def _log_uniform(rng, lo, hi):
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def _open_q_range(maps: RunMaps) -> tuple[float, float]:
-    """q range of unmasked pixels outside the beamstop (cached on the maps)."""
-    cached = getattr(maps, "_open_q_range", None)
-    if cached is None:
-        open_mask = maps.valid & (maps.transmission > 0.5)
-        qs = maps.q[open_mask] if open_mask.any() else maps.q.ravel()
-        lo = max(float(np.percentile(qs, 0.5)), 1e-4)
-        hi = float(np.percentile(qs, 99.5))
-        cached = (lo, max(hi, lo * 1.5))
-        maps._open_q_range = cached
-    return cached
-
-
 def _render_piece(piece: Piece, maps: RunMaps) -> np.ndarray:
     if piece.image is not None:
         return piece.image.astype(np.float32)
@@ -62,23 +49,28 @@ def _render_piece(piece: Piece, maps: RunMaps) -> np.ndarray:
     return img * maps.geometric_factor
 
 
-def _background(rng, maps: RunMaps, level: float) -> np.ndarray:
+def _background(rng, maps: RunMaps, level: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W) background counts (smooth field + air + parasitic streaks) and, separately, its air part
+    (None without air): air scattering rises towards the beam like a sample's low-q scattering, and
+    a person looking at the image cannot tell the two apart, so the tag rules read it as such."""
     bg = maps.params["background"]
     g = maps.geometry
     shape = maps.shape
     image = det.smooth_background(shape, rng, level, bg["variation"], bg["scale_frac"] * max(shape))
+    air = None
     if bg["air_fraction"] > 0:  # air/window scattering falling off from the beam
         r = maps.geometry.radius_px_map() + 2.0
-        image += (level * bg["air_fraction"] * (r / (0.1 * max(shape))) ** bg["air_exponent"]).astype(np.float32)
+        air = (level * bg["air_fraction"] * (r / (0.1 * max(shape))) ** bg["air_exponent"]).astype(np.float32)
+        image += air
     if bg["streaks"]:
         image += det.parasitic_streaks(shape, (g.beam_x, g.beam_y), rng, level * rng.uniform(0.5, 5.0), bg["streaks"])
-    return image
+    return image, air
 
 
 def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
     rng = rng_for(seed, STREAM_IMAGE, image_id, attempt)
     run = maps.params
-    q_range = _open_q_range(maps)
+    q_range = maps.visible_q  # physical: the same at every image size
     names = list(MODULES)
     weights = np.array([MODULES[n][1] for n in names])
     k = 1 + int(rng.binomial(2, 0.35))
@@ -125,12 +117,17 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
                                     "bump": piece.info["sf_bump"], "piece": index})
 
     bg_level = run["background"]["level"] * exposure / run["exposure"] * _log_uniform(rng, 0.7, 1.4)
-    background = _background(rng, maps, bg_level) * maps.transmission
+    background, air = _background(rng, maps, bg_level)
+    background = background * maps.transmission
+    if air is not None:
+        roles["air"] = air * maps.transmission
     g = maps.geometry
-    beam = det.direct_beam(shape, (g.beam_x, g.beam_y), rng.uniform(1.0, 4.0),
+    # direct beam: FWHM 0.05–0.5 mm at the detector (focused to collimated), at least a pixel on the image
+    beam_fwhm_px = float(np.hypot(rng.uniform(0.05, 0.5) * 1e-3 / g.pixel_size_m, 1.0))
+    beam = det.direct_beam(shape, (g.beam_x, g.beam_y), beam_fwhm_px,
                            sample_peak * _log_uniform(rng, 1e2, 1e4)) * maps.transmission
     valid = maps.valid.astype(np.float32)
-    expected = det.point_spread(sample + background + beam, run["detector"]["psf_px"]) * valid
+    expected = det.point_spread(sample + background + beam, run["detector"]["psf_native_px"] / maps.binning) * valid
     unshaded = (sample + background) / np.maximum(maps.transmission, 1e-6)
 
     bs = run["beamstop"]
@@ -154,13 +151,12 @@ def _count(rng, expected: np.ndarray, maps: RunMaps) -> tuple[np.ndarray, dict]:
     if maps.response is not None:
         expected = expected * maps.response
     counts = det.poisson_counts(expected, rng)
-    if d["kind"] == "ccd":
+    if d["kind"] in ("ccd", "plate"):
         counts = det.ccd_readout(counts, rng, d["dark_offset"], d["read_noise"], d["gain"])
     full_scale = float(min(d["max_count"], 65535))
     zingers = det.add_zingers(counts, rng, d["zinger_rate"], full_scale) if d["zinger_rate"] else 0
     hot, dead = det.add_bad_pixels(counts, rng, d["hot_fraction"], d["dead_fraction"], full_scale)
-    if d["kind"] == "pixel":
-        counts *= maps.valid  # gaps carry no counts (stored as 0 in 16-bit files)
+    counts *= maps.valid  # gaps and the outside of a circular active area carry no counts (0 in 16-bit files)
     saturated = int((counts >= full_scale).sum())
     counts = np.rint(np.clip(counts, 0, full_scale)).astype(np.float32)
     return counts, {"zingers": zingers, "hot_pixels": hot, "dead_pixels": dead, "saturated_pixels": saturated}

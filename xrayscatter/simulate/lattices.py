@@ -102,6 +102,33 @@ def first_peak_n(lattice: str) -> float:
     return reflections(lattice)[0].n
 
 
+# Nearest-neighbour distance between lattice sites in units of the lattice constant a (for LAM,
+# a is the period d): BCC a√3/2, FCC a/√2, SC a, diamond a√3/4 (the two-atom basis), HCP a,
+# 2-D hexagonal a, lamellar d.
+NN_OVER_A = {"BCC": np.sqrt(3) / 2, "FCC": 1 / np.sqrt(2), "SC": 1.0, "DIA": np.sqrt(3) / 4, "HCP": 1.0,
+             "HEX": 1.0, "LAM": 1.0}
+
+
+def nearest_neighbour_distance(lattice: str, a: float) -> float:
+    """Distance (Å) between nearest sites of ``lattice`` with lattice constant (or period) ``a`` (Å)."""
+    return float(NN_OVER_A[lattice] * a)
+
+
+def first_peak_q(lattice: str, a: float) -> float:
+    """q (Å⁻¹) of the first reflection: 2π√N₁/a for the 3-D lattices (N₁ = h²+k²+l², or 4/3 for
+    HCP (100)), 4π/(√3·a) for the 2-D hexagonal (10), 2π/d for lamellar (001)."""
+    if lattice == "HEX":
+        return float(4 * np.pi / (np.sqrt(3) * a))
+    if lattice == "LAM":
+        return float(2 * np.pi / a)
+    return float(2 * np.pi * np.sqrt(first_peak_n(lattice)) / a)
+
+
+def lattice_constant(lattice: str, q_first: float) -> float:
+    """Inverse of :func:`first_peak_q`: the lattice constant (Å) whose first ring is at ``q_first``."""
+    return first_peak_q(lattice, 1.0) / q_first
+
+
 def is_higher_order(lattice: str, n_low: int, n_high: int) -> bool:
     """True when reflection family ``n_high`` is an integer multiple order of ``n_low``
     (e.g. BCC (110) N=2 → (220) N=8: q ratio exactly 2)."""
@@ -133,6 +160,38 @@ def peak_shape(q: np.ndarray, center: float, fwhm: float, shape: str, eta: float
     return eta * lorentzian_peak(q, center, fwhm) + (1 - eta) * gaussian_peak(q, center, fwhm)
 
 
+def pixel_integrated_peak(q: np.ndarray, center: float, fwhm: float, shape: str, box: float = 0.0,
+                          eta: float = 0.5) -> np.ndarray:
+    """Area-normalised peak averaged over a box of width ``box`` (Å⁻¹), the q span of one image
+    pixel: what a pixel integrating over its area records of a ring, however narrow the ring.
+    Exact (differences of the cumulative distribution); = :func:`peak_shape` for ``box`` → 0.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    sigma = fwhm / FWHM_PER_SIGMA
+    if box <= 1e-3 * max(fwhm, 1e-30):
+        return peak_shape(q, center, fwhm, shape, eta)
+    from scipy.special import ndtr
+
+    out = np.zeros_like(q)
+    if shape != "lorentzian":  # Gaussian part, evaluated only within its reach
+        reach = 9 * sigma + box
+        i0, i1 = np.searchsorted(q, [center - reach, center + reach])
+        d = q[i0:i1] - center
+        gauss = (ndtr((d + box / 2) / sigma) - ndtr((d - box / 2) / sigma)) / box
+        out[i0:i1] += gauss if shape == "gaussian" else (1 - eta) * gauss
+    if shape != "gaussian":
+        hw = fwhm / 2
+        d = q - center
+        lorentz = (np.arctan((d + box / 2) / hw) - np.arctan((d - box / 2) / hw)) / (np.pi * box)
+        out += lorentz if shape == "lorentzian" else eta * lorentz
+    return out
+
+
+def rendered_fwhm(fwhm: float, box: float) -> float:
+    """FWHM of a peak of width ``fwhm`` integrated over a pixel box ``box`` (exact at both limits)."""
+    return float(np.hypot(fwhm, box))
+
+
 def scherrer_fwhm(grain_size: float, shape_factor: float = 0.9) -> float:
     """Peak FWHM in q (Å⁻¹) from grain size L (Å): Δq = 2π·K / L."""
     return 2 * np.pi * shape_factor / grain_size
@@ -148,40 +207,54 @@ class RingPeak:
     n: float  # reflection family (Reflection.n), or the order for ad-hoc rings
     family: str  # which module made it ("lattice:BCC", "adhoc", ...)
     index: int  # reflection index within that module
+    area: float = 0.0  # ∫ I dq of the ring (profile units × Å⁻¹), whatever its shape; 0 = not tracked
 
 
 def powder_profile(q: np.ndarray, lattice: str, q_first: float, *, fwhm_0: float, fwhm_growth: float,
                    debye_waller_sigma: float, form_factor: np.ndarray | None = None,
-                   shape: str = "gaussian", max_ratio: float = 4.0) -> tuple[np.ndarray, np.ndarray, list[RingPeak]]:
+                   shape: str = "gaussian", max_ratio: float = 4.0, q_limit: float | None = None,
+                   pixel_dq=None, diffuse_form_factor: np.ndarray | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, list[RingPeak]]:
     """1-D powder ring profile of a lattice.
 
     I_peaks(q) = Σ_families (Σ|F_hkl|²) · P(q_hkl) / q_hkl² · DW(q_hkl) · G(q − q_hkl; w(q_hkl))
     with Debye–Waller DW = exp(−σ²q²), width w(q)² = w₀² + (g·q)² (paracrystalline growth),
-    and the intensity lost to disorder returned separately as diffuse P(q)(1 − DW(q)).
+    and the intensity lost to disorder returned separately as diffuse P_powder(q)(1 − DW(q)).
+    The 1/q² Lorentz factor holds for every lattice here, 2-D and 1-D ones included: their
+    reciprocal lattices are points too (rods and sheets of parallel cylinders and layers give
+    points in the plane normal to the axis), and a point spread over a sphere of radius q falls as 1/q².
 
     Args:
         q: (N,) grid (Å⁻¹), increasing. q_first: position of the first reflection (Å⁻¹).
         fwhm_0 (Å⁻¹), fwhm_growth (dimensionless): peak width model.
-        debye_waller_sigma: σ (Å), r.m.s. displacement.
-        form_factor: (N,) P(q) of the object on each lattice site, on the grid (None → 1).
+        debye_waller_sigma: σ (Å), r.m.s. displacement along q.
+        form_factor: (N,) factor of the object on each lattice site at the Bragg peaks, on the grid
+            (None → 1): sphere P(q), cylinder cross-section, slab, atomic (f/f₀)².
+        q_limit: reflections up to this q (Å⁻¹, default the end of the grid).
+        pixel_dq: callable q → Δq spanned by one image pixel; peaks are then integrated over it
+            (:func:`pixel_integrated_peak`) and the rings' ``fwhm`` are the rendered widths.
+        diffuse_form_factor: (N,) powder-averaged form factor for the diffuse remainder
+            (default ``form_factor``).
     Returns:
-        (peaks (N,), diffuse (N,), list of RingPeak with crest heights in profile units).
+        (peaks (N,), diffuse (N,), list of RingPeak with crest heights in profile units and
+        integrated areas ∫ dq).
     """
     q = np.asarray(q, dtype=np.float64)
     ff = np.ones_like(q) if form_factor is None else np.asarray(form_factor, dtype=np.float64)
     peaks = np.zeros_like(q)
     rings = []
-    q_max = q[-1]
+    q_max = q[-1] if q_limit is None else q_limit
     for i, refl in enumerate(reflections(lattice, max_ratio)):
         q_hkl = q_first * refl.ratio
         if q_hkl > q_max * 1.05:
             break
         fwhm = float(np.hypot(fwhm_0, fwhm_growth * q_hkl))
+        box = float(pixel_dq(q_hkl)) if pixel_dq is not None else 0.0
         f2 = float(np.interp(q_hkl, q, ff))
         weight = refl.weight * f2 / q_hkl**2 * np.exp(-(debye_waller_sigma * q_hkl) ** 2)
-        profile = weight * peak_shape(q, q_hkl, fwhm, shape)
-        peaks += profile
-        crest = weight * float(peak_shape(np.array([q_hkl]), q_hkl, fwhm, shape)[0])
-        rings.append(RingPeak(q_hkl, fwhm, crest, refl.n, f"lattice:{lattice}", i))
-    diffuse = ff * (1 - np.exp(-(debye_waller_sigma * q) ** 2))
+        peaks += weight * pixel_integrated_peak(q, q_hkl, fwhm, shape, box)
+        crest = weight * float(pixel_integrated_peak(np.array([q_hkl]), q_hkl, fwhm, shape, box)[0])
+        rings.append(RingPeak(q_hkl, rendered_fwhm(fwhm, box), crest, refl.n, f"lattice:{lattice}", i, area=weight))
+    dff = ff if diffuse_form_factor is None else np.asarray(diffuse_form_factor, dtype=np.float64)
+    diffuse = dff * -np.expm1(-(debye_waller_sigma * q) ** 2)
     return peaks, diffuse, rings

@@ -13,7 +13,7 @@ peaks closer than ``RESOLUTION`` × their width count as one (not resolved).
 | attribute         | rule |
 |-------------------|------|
 | Beam Off Image    | beam centre outside the image |
-| Circ./Linear/Wedge Beamstop | that beamstop shades (opacity ≥ 0.5) ≥ ``min_pixels``/8 px of the image, and the counts it removes (median over the shadow) exceed max(2, the per-pixel noise of what is left) |
+| Circ./Linear/Wedge Beamstop | that beamstop shades (opacity ≥ 0.5) ≥ ``min_pixels``/8 px of the image, and its shadow is visibly darker: the counts it removes (median over the shadow) are ≥ ``BEAMSTOP_CONTRAST`` of the unshaded level and ≥ ``RING_SIGMA`` × the counting noise of the difference averaged over ``EYE_PIXELS`` px |
 | Ring              | ≥ 1 visible ring (lattice, ad-hoc, Debye cluster, or a spotty ring traced by ≥ ``SPOTS_FOR_A_RING`` visible spots) |
 | Many rings        | > 4 visible resolved rings in the image |
 | BCC / FCC         | a BCC / FCC Bravais lattice (FCC includes diamond cubic; powder, spotty, oriented, or Debye cluster) with ≥ 2 visible resolved rings |
@@ -21,11 +21,11 @@ peaks closer than ``RESOLUTION`` × their width count as one (not resolved).
 | Polycrystalline   | spotty rings: ≥ ``SPOTS_FOR_POLYCRYSTALLINE`` separate visible grain spots |
 | Halo              | a halo crest passes the ring test (with its own broad width) |
 | Structure factor  | an S(q) correlation bump (S_max ≥ 1.12, a local maximum of P·S) visible by the ring test |
-| Diffuse low-q     | ≥ ``min_pixels`` px where the low-q diffuse part is ≥ 10 counts, ≥ 3σ noise of the rest and ≥ 0.5 × the rest |
+| Diffuse low-q     | ≥ ``diffuse_pixels`` px (0.2 % of the image) where the low-q diffuse part (sample, plus air scattering rising towards the beam, which looks the same) is ≥ 10 counts, ≥ 3σ noise of the rest and ≥ 0.5 × the rest |
 | Diffuse high-q    | the same for the high-q diffuse part |
 | Strong scattering | sample part: max > 1000 counts or mean > 5 counts over unshaded pixels |
 | Weak scattering   | not strong, and sample part: max < 10 counts, or its 99th percentile below the mean background |
-| High background   | background: mean > 1000 or max > 10⁴ counts |
+| High background   | the background floor (median over open pixels) is ≥ ``HIGH_BACKGROUND_MIN`` counts and ≥ ``HIGH_BACKGROUND_RATIO`` × the sample's 99th percentile: judged against the sample's signal, as a person does, not by absolute counts (a 1,500-count floor under 10⁵-count rings is not high background; 150 counts under a weak sample is) |
 
 ``min_pixels`` = max(4, 400 · H·W / 1024²): the reference generator's 400 px on a 1024² frame,
 scaled with the image area.
@@ -45,12 +45,16 @@ RING_CONTRAST = 0.1
 RING_MIN_COUNTS = 2.0
 RESOLUTION = 0.75
 DIFFUSE_MIN_COUNTS = 10.0
+DIFFUSE_AREA = 0.002  # fraction of the image a diffuse feature must cover (see SceneForTags.diffuse_pixels)
 STRONG_MAX, STRONG_MEAN = 1000.0, 5.0
 WEAK_MAX = 10.0
-HIGH_BACKGROUND_MEAN, HIGH_BACKGROUND_MAX = 1000.0, 1e4
+HIGH_BACKGROUND_MIN = 50.0  # counts per pixel: a floor of a few tens of counts under a weak sample is a short exposure, not a high background
+HIGH_BACKGROUND_RATIO = 0.3  # floor ≥ 30 % of the sample's brightest 1 %: features stand < ~3× above it
+BEAMSTOP_CONTRAST = 0.25  # a shadow at least 25 % darker than its surroundings
+EYE_PIXELS = 25  # a person judges an extended shape by its average over ~5 × 5 pixels, not pixel by pixel
 STRUCTURE_FACTOR_MIN_PEAK = 1.12
 SPOTS_FOR_A_RING = 8  # separate grain spots needed before a spotty ring counts as a ring
-SPOTS_FOR_POLYCRYSTALLINE = 3
+SPOTS_FOR_POLYCRYSTALLINE = 5  # a spotty ring reads as one when several grains trace it (3 spots could be anything)
 
 
 @dataclass
@@ -77,7 +81,7 @@ class SceneForTags:
     total: np.ndarray  # (H, W) expected counts of everything (after transmission, gaps)
     sample: np.ndarray  # (H, W) sample part
     background: np.ndarray  # (H, W) background part
-    roles: dict[str, np.ndarray]  # role → (H, W) expected counts
+    roles: dict[str, np.ndarray]  # role → (H, W) expected counts ("air": the background's air scattering)
     piece_images: list[np.ndarray]  # per ring/spots/halo piece, aligned with ring evidence pieces
     rings: list[tuple[int, RingEvidence]]  # (piece index, evidence)
     structure_factor: list[dict] = field(default_factory=list)  # {"q", "s_max", "bump", "piece"}
@@ -90,6 +94,12 @@ class SceneForTags:
     @property
     def min_pixels(self) -> float:
         return max(4.0, 400.0 * self.shape[0] * self.shape[1] / 1024**2)
+
+    @property
+    def diffuse_pixels(self) -> float:
+        """Area a smooth feature must cover to be seen as diffuse scattering rather than the glow of
+        a spot: ``DIFFUSE_AREA`` of the image (≈ 2,100 px on a 1024² frame, a disc of ~26 px radius)."""
+        return max(self.min_pixels, DIFFUSE_AREA * self.shape[0] * self.shape[1])
 
 
 def _bin_stats(scene: SceneForTags, image: np.ndarray):
@@ -159,25 +169,32 @@ def resolved_count(peaks: list[RingEvidence]) -> int:
 
 
 def _beamstop_visible(scene: SceneForTags) -> bool:
-    """The shadow must be there (opacity ≥ 0.5 on enough pixels) *and* dark against its
-    surroundings: the counts it removes exceed the per-pixel noise of what is left."""
+    """The shadow must be there (opacity ≥ 0.5 on enough pixels) *and* visibly dark against its
+    surroundings: the counts it removes are a clear fraction of the unshaded level and stand above
+    the counting noise of shaded and unshaded pixels averaged over a patch of ``EYE_PIXELS``
+    (an extended shadow at 1–2 counts per pixel is plain to see; one pixel of it is not)."""
     shaded = (scene.beamstop_opacity >= 0.5) & (scene.total > -1)  # gaps included: they still show the outline
     n = int(shaded.sum())
     if n < max(3.0, scene.min_pixels / 8):
         return False
     removed = float(np.median(scene.beamstop_shadow[shaded]))
     left = float(np.median(scene.total[shaded]))
-    return removed >= max(2.0, np.sqrt(left + 1.0 + scene.noise_variance))
+    unshaded = left + removed
+    patch = min(n, EYE_PIXELS)
+    noise = np.sqrt((left + unshaded + 1.0 + 2 * scene.noise_variance) / patch)
+    return removed >= BEAMSTOP_CONTRAST * unshaded and removed >= RING_SIGMA * noise
 
 
-def _diffuse_visible(scene: SceneForTags, role: str) -> bool:
-    part = scene.roles.get(role)
-    if part is None:
+def _diffuse_visible(scene: SceneForTags, *roles: str) -> bool:
+    """Smooth scattering of these roles (summed) stands out of the rest on ≥ ``diffuse_pixels`` px."""
+    present = [scene.roles[r] for r in roles if r in scene.roles]
+    if not present:
         return False
+    part = np.sum(present, axis=0)
     rest = scene.total - part
     ok = (scene.open_mask & (part >= DIFFUSE_MIN_COUNTS) & (part >= RING_SIGMA * np.sqrt(rest + 1 + scene.noise_variance))
           & (part >= 0.5 * rest))
-    return int(ok.sum()) >= scene.min_pixels
+    return int(ok.sum()) >= scene.diffuse_pixels
 
 
 def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
@@ -234,7 +251,7 @@ def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
             if own >= RING_SIGMA * np.sqrt(rest + 1 + scene.noise_variance) and own >= RING_CONTRAST * rest and own >= RING_MIN_COUNTS:
                 tags.add("Structure factor")
 
-    if _diffuse_visible(scene, "diffuse_low"):
+    if _diffuse_visible(scene, "diffuse_low", "air"):
         tags.add("Diffuse low-q")
     if _diffuse_visible(scene, "diffuse_high"):
         tags.add("Diffuse high-q")
@@ -244,13 +261,14 @@ def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
     if open_sample.size:
         s_max, s_mean = float(open_sample.max()), float(open_sample.mean())
         s_p99 = float(np.percentile(open_sample, 99))
-        bg_mean, bg_max = float(open_bg.mean()), float(open_bg.max())
+        bg_mean, bg_max, bg_median = float(open_bg.mean()), float(open_bg.max()), float(np.median(open_bg))
         evidence.update(sample_max=round(s_max, 3), sample_mean=round(s_mean, 4), sample_p99=round(s_p99, 4),
-                        background_mean=round(bg_mean, 4), background_max=round(bg_max, 3))
+                        background_mean=round(bg_mean, 4), background_max=round(bg_max, 3),
+                        background_median=round(bg_median, 4))
         if s_max > STRONG_MAX or s_mean > STRONG_MEAN:
             tags.add("Strong scattering")
         elif s_max < WEAK_MAX or s_p99 < bg_mean:  # strong and weak exclude each other
             tags.add("Weak scattering")
-        if bg_mean > HIGH_BACKGROUND_MEAN or bg_max > HIGH_BACKGROUND_MAX:
+        if bg_median >= HIGH_BACKGROUND_MIN and bg_median >= HIGH_BACKGROUND_RATIO * s_p99:
             tags.add("High background")
     return [a for a in ATTRIBUTES if a in tags], evidence
