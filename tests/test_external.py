@@ -52,14 +52,29 @@ def test_every_file_reads_with_its_detector_shape_and_missing_pixels(external_se
 
 
 def test_beam_off_image_files_have_the_beam_outside_and_no_beamstop(external_set):
+    from xrayscatter.benchmarks.external import PLATE_RADIUS
+
     _folder, truth = external_set
     for row in truth:
         (cy, cx), (rows, cols) = row["beam_centre_px"], row["shape"]
         outside = not (0 <= cy <= rows and 0 <= cx <= cols)
+        if row["detector"] == "image_plate":  # off the plate's active disc
+            outside = np.hypot(cy - rows / 2, cx - cols / 2) >= PLATE_RADIUS * min(rows, cols)
         assert row["labels"]["Beam Off Image"] == int(outside)
         if outside:
             assert row["beamstop"]["kind"] == "none"
             assert all(row["labels"][a] == 0 for a in ("Circ. Beamstop", "Linear beamstop", "Wedge beamstop"))
+
+
+def test_module_gaps_are_the_real_detectors_masks():
+    """The Pilatus and Eiger gap layouts written by the set are pyFAI's masks of those detectors."""
+    pyFAI = pytest.importorskip("pyFAI")
+    from xrayscatter.benchmarks.external import DETECTORS, sensitive_area
+
+    for ours, theirs in (("pilatus1m", "Pilatus1M"), ("pilatus300k", "Pilatus300k"), ("eiger1m", "Eiger1M")):
+        detector = pyFAI.detector_factory(theirs)
+        assert detector.pixel1 == pytest.approx(DETECTORS[ours].pixel_mm * 1e-3)
+        np.testing.assert_array_equal(~sensitive_area(DETECTORS[ours]), detector.calc_mask().astype(bool))
 
 
 def test_set_definition_hash_follows_its_parameters():

@@ -175,6 +175,9 @@ DETECTORS = {
 }
 
 
+PLATE_RADIUS = 0.495  # × the frame's shorter side: an image plate's active disc
+
+
 def module_gaps(rows: int, cols: int, module_rows: int, module_cols: int, gap_rows: int, gap_cols: int) -> np.ndarray:
     """(rows, cols) bool: True in the insensitive rows and columns between detector modules."""
     mask = np.zeros((rows, cols), bool)
@@ -193,7 +196,7 @@ def sensitive_area(detector: Detector) -> np.ndarray:
                              detector.gap_rows, detector.gap_cols)
     if detector.kind == "plate":
         yy, xx = np.indices((detector.rows, detector.cols))
-        radius = 0.495 * min(detector.rows, detector.cols)
+        radius = PLATE_RADIUS * min(detector.rows, detector.cols)
         sensitive &= np.hypot(yy + 0.5 - detector.rows / 2, xx + 0.5 - detector.cols / 2) < radius
     return sensitive
 
@@ -836,6 +839,7 @@ class Scene:
     dark_offset: float = 0.0  # photons (CCD / plate offset ÷ gain)
     centre: tuple[float, float] = (0.0, 0.0)
     beamstop: str = "none"
+    beam_on_active_area: bool | None = None  # set when the active area is not the frame (an image plate's disc)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -843,6 +847,8 @@ class Scene:
 
     @property
     def beam_on_image(self) -> bool:
+        if self.beam_on_active_area is not None:
+            return self.beam_on_active_area
         return 0 <= self.centre[0] <= self.shape[0] and 0 <= self.centre[1] <= self.shape[1]
 
     def sample(self) -> np.ndarray:
@@ -992,13 +998,17 @@ def render(spec: SampleSpec, geometry: Geometry, detector: Detector, beamstop: s
     direct = None
     cy, cx = geometry.centre
     on_image = 0 <= cy <= q.shape[0] and 0 <= cx <= q.shape[1]
+    on_plate = None
+    if detector.kind == "plate":
+        on_plate = bool(np.hypot(cy - q.shape[0] / 2, cx - q.shape[1] / 2) < PLATE_RADIUS * min(q.shape))
     if on_image and (beamstop == "none" or stop.get("transmission", 0) > 0):
         yy, xx = np.indices(q.shape, dtype=np.float32)
         width = rng.uniform(0.8, 2.0)
         amplitude = _loguniform(rng, 1e3, 3e5) if beamstop == "none" else _loguniform(rng, 1e6, 1e8)
         direct = amplitude * np.exp(-((yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2) / (2 * width**2))
     scene = Scene(q=q, rho=maps["rho"], sensitive=sensitive, transmission=transmission, pieces=pieces,
-                  background=background, direct=direct, air=air, centre=(float(cy), float(cx)), beamstop=beamstop)
+                  background=background, direct=direct, air=air, centre=(float(cy), float(cx)), beamstop=beamstop,
+                  beam_on_active_area=on_plate)
     return scene, {"beamstop": stop, "background_flat_fraction": flat_fraction}
 
 
@@ -1514,7 +1524,15 @@ DISTANCE_MM = {"saxs": (300.0, 15000.0), "waxs": (40.0, 800.0)}
 WAVELENGTH_A = {"saxs": (0.7, 1.6), "waxs": (0.4, 1.6)}
 
 
-def _place_beam(rng, rows, cols, placement) -> tuple[float, float]:
+def _place_beam(rng, rows, cols, placement, plate=False) -> tuple[float, float]:
+    """The direct beam's position (row, col) for a placement; on an image plate, relative to its disc."""
+    if plate:
+        radius = PLATE_RADIUS * min(rows, cols)
+        distance = {"centre": rng.uniform(0, 0.2) * radius, "off_centre": rng.uniform(0.2, 0.6) * radius,
+                    "near_edge": radius - rng.uniform(25, 100), "corner": radius - rng.uniform(25, 100),
+                    "off_image": radius + rng.uniform(20, 400)}[placement]
+        angle = rng.uniform(0, 2 * np.pi)
+        return rows / 2 + distance * np.sin(angle), cols / 2 + distance * np.cos(angle)
     if placement == "centre":
         return rows * rng.uniform(0.4, 0.6), cols * rng.uniform(0.4, 0.6)
     if placement == "off_centre":
@@ -1556,7 +1574,7 @@ def make_file(folder: Path, group: str, i: int, seed: int) -> dict:
     detector_name = list(DETECTORS)[(i + 3 * list(GROUPS).index(group)) % len(DETECTORS)]
     detector = DETECTORS[detector_name]
     placement = str(rng.choice(BEAM_PLACEMENTS, p=BEAM_PLACEMENT_P))
-    centre = _place_beam(rng, detector.rows, detector.cols, placement)
+    centre = _place_beam(rng, detector.rows, detector.cols, placement, plate=detector.kind == "plate")
     on_image = placement != "off_image"
     beamstop = str(rng.choice(BEAMSTOPS, p=BEAMSTOP_P)) if on_image else "none"
     tilted = rng.random() < (0.4 if spec.kind == "waxs" else 0.15)
@@ -1793,7 +1811,10 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
 
 
 def contact_sheet(folder: str | Path, path: str | Path, count: int = 24, columns: int = 6) -> Path:
-    """A PNG of ``count`` files of the set (log scale), titled with their truth (✓ has, ? unknown)."""
+    """A PNG of ``count`` files spread over the set (log scale), titled with their truth: the attributes
+    they have, and after '?' those left unknown."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1804,16 +1825,16 @@ def contact_sheet(folder: str | Path, path: str | Path, count: int = 24, columns
     _definition, truth = load_truth(folder)
     picks = truth[:: max(1, len(truth) // count)][:count]
     rows = int(np.ceil(len(picks) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 3.9 * rows))
-    for ax, row in zip(np.atleast_1d(axes).ravel(), picks):
-        image = read_detector_image(Path(folder) / row["file"])
-        shown = np.log10(np.nan_to_num(image, nan=0.0).clip(0) + 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.1 * rows), squeeze=False)
+    for ax, row in zip(axes.ravel(), picks):
+        shown = np.log10(np.nan_to_num(read_detector_image(Path(folder) / row["file"]), nan=0.0).clip(0) + 1)
         ax.imshow(shown, cmap="magma", vmax=max(float(np.percentile(shown, 99.95)), 1e-3))
-        yes = [a for a, v in row["labels"].items() if v == 1]
-        maybe = [a for a, v in row["labels"].items() if v is None]
-        ax.set_title(f"{row['file']}\n" + ", ".join(yes) + ("\n? " + ", ".join(maybe) if maybe else ""), fontsize=6.5)
+        yes = ", ".join(a for a, v in row["labels"].items() if v == 1) or "–"
+        unknown = ", ".join(a for a, v in row["labels"].items() if v is None)
+        title = textwrap.fill(yes, 48) + ("\n" + textwrap.fill("? " + unknown, 48) if unknown else "")
+        ax.set_title(f"{row['file']}\n{title}", fontsize=6.5)
         ax.axis("off")
-    for ax in np.atleast_1d(axes).ravel()[len(picks):]:
+    for ax in axes.ravel()[len(picks):]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
