@@ -246,7 +246,8 @@ class Geometry:
         q = 4 * np.pi / self.wavelength * np.sin(two_theta / 2)
         solid = d**2 * (n[0] * px + n[1] * py + n[2] * pz) / dist**3 / n[2]
         polarisation = 1 - (px / dist) ** 2
-        return {"q": q.astype(np.float32), "rho": (d * np.tan(np.minimum(two_theta, 1.4)) / self.pixel_mm).astype(np.float32),
+        rho = d * np.tan(np.minimum(two_theta, 1.4)) / self.pixel_mm  # capped at 2θ = 80°
+        return {"q": q.astype(np.float32), "rho": rho.astype(np.float32),
                 "solid_pol": (solid * polarisation).astype(np.float32)}
 
     def radius_px(self, q) -> np.ndarray:
@@ -412,7 +413,7 @@ def _cubic_families(lattice: str) -> tuple[tuple[int, int], ...]:
 
 
 def cubic_rings(lattice: str, q_max: float, a: float) -> list[dict]:
-    """Powder rings of a cubic lattice (conventional cell ``a`` Å) up to ``q_max``: q, N = h²+k²+l², multiplicity."""
+    """Powder rings of a cubic lattice (cube edge ``a`` Å) up to ``q_max``: q, N = h²+k²+l², multiplicity."""
     rings = [{"q": 2 * np.pi / a * np.sqrt(n), "N": n, "multiplicity": m} for n, m in _cubic_families(lattice)]
     return [r for r in rings if r["q"] <= q_max]
 
@@ -747,7 +748,8 @@ def g_combination(rng):
     lattice = str(rng.choice(["BCC", "FCC"]))  # a lattice with a rise at high q
     dnn = _loguniform(rng, 100, 400)
     q1 = first_ring(lattice, cubic_cell(lattice, dnn))
-    parts = [_lattice(rng, lattice, dnn, "sphere"), _diffuse_high(rng, q1 * rng.uniform(2, 5), _loguniform(rng, 0.1, 1))]
+    parts = [_lattice(rng, lattice, dnn, "sphere"),
+             _diffuse_high(rng, q1 * rng.uniform(2, 5), _loguniform(rng, 0.1, 1))]
     return _combine("saxs", parts, q_feature=q1, feature_frac=(0.1, 0.35))
 
 
@@ -917,11 +919,10 @@ def render_spots(spec: dict, geometry: Geometry, solid_pol: np.ndarray, rng: np.
         values = height[:, None] * np.exp(-((yy - row[:, None]) ** 2 + (xx - col[:, None]) ** 2) / (2 * spot_sigma**2))
         ok = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
         np.add.at(image, (yy[ok], xx[ok]), values[ok])
-    rings = sorted({int(v) for v in n})
-    q_of = {int(v): float(2 * np.pi / spec["spacing"] * np.sqrt(v)) for v in rings}
-    meta = {"lattice": spec["lattice"], "spots": np.stack([row, col, height, labels.astype(float)], 1) if len(row)
-            else np.zeros((0, 4)), "rings": [{"q": q_of[v], "N": v, "multiplicity": 0} for v in rings if q_of[v] <= q_max]}
-    return image.astype(np.float32), meta
+    q_of = {int(v): float(2 * np.pi / spec["spacing"] * np.sqrt(v)) for v in sorted(set(n.tolist()))}
+    spots = np.stack([row, col, height, labels.astype(float)], 1) if len(row) else np.zeros((0, 4))
+    rings = [{"q": q, "N": v, "multiplicity": int((n == v).sum())} for v, q in q_of.items() if q <= q_max]
+    return image.astype(np.float32), {"lattice": spec["lattice"], "spots": spots, "rings": rings}
 
 
 def _smear(profile: np.ndarray, log_step: float, relative: float) -> np.ndarray:
@@ -1194,8 +1195,8 @@ def decide(scene: Scene) -> tuple[dict[str, int | None], dict]:
             owner[b] = int(np.argmax(drops))
 
     # ------------------------------------------------------------------ rings of lattices and grains
-    rings = []  # (piece index, ring dict, status)
-    other_crests = []  # visible crests that are not a lattice ring, a halo or an S(q) bump: (b, relative width)
+    rings = []  # (piece index, ring dict, status, bin)
+    other_crests = []  # visible crests that are not a lattice ring, a halo or an S(q) bump: (bin, width in bins)
     halo_status, sf_status = [], []
     spot_counts = []
     for i, piece in enumerate(scene.pieces):
@@ -1219,7 +1220,6 @@ def decide(scene: Scene) -> tuple[dict[str, int | None], dict]:
                 if prof.valid[min(bk, prof.n - 1)]:
                     status[k] = _visibility(excess, level, prof.pixels(bk - tol, bk + tol), read2)
                     status[k] = "maybe" if status[k] != "none" else "none"
-            # merge rings that fall on the same crest (unresolved): keep one 'sure' per crest
             for k, st in enumerate(status):
                 rings.append((i, piece.meta["rings"][k], st, ring_bins[k]))
             matched = {b for b in sure if owner.get(b) == i
@@ -1261,8 +1261,9 @@ def decide(scene: Scene) -> tuple[dict[str, int | None], dict]:
             else:
                 bump = np.maximum(piece_profiles[i] - no_s, 0)
                 at = int(np.argmax(np.where(prof.valid, bump, 0)))
-                st = _visibility(float(bump[at]), float(total[at] - bump[at]), prof.pixels(at - tol // 3, at + tol // 3),
-                                 read2) if piece.meta["s_max"] >= 1.05 else "none"
+                window = prof.pixels(at - tol // 3, at + tol // 3)
+                st = (_visibility(float(bump[at]), float(total[at] - bump[at]), window, read2)
+                      if piece.meta["s_max"] >= 1.05 else "none")
                 st = "maybe" if st != "none" else "none"
             sf_status.append(st)
             other_crests += [(b, sure[b][2]) for b in sure if owner.get(b) == i and b not in mine]
@@ -1316,9 +1317,9 @@ def decide(scene: Scene) -> tuple[dict[str, int | None], dict]:
         evidence.update(spots_sure=sure_spots, spots_maybe=any_spots - sure_spots)
 
     # Halo and Structure factor
+    sf_seen = any(st != "none" for st in sf_status)  # a correlation peak may pass for a halo
     labels["Halo"] = 1 if "sure" in halo_status else (
-        0 if "maybe" not in halo_status and not broad_other and not sf_status.count("sure") + sf_status.count("maybe")
-        else None)
+        0 if "maybe" not in halo_status and not broad_other and not sf_seen else None)
     labels["Structure factor"] = 1 if "sure" in sf_status else (0 if "maybe" not in sf_status else None)
     evidence.update(halo=halo_status, structure_factor=sf_status, broad_other_crests=broad_other)
 
@@ -1728,7 +1729,8 @@ def _markdown(summary: dict) -> str:
              f"Set `{summary['definition']['hash']}` (seed {summary['definition']['seed']}, "
              f"{summary['definition']['per_group']} per group, {len(summary['definition']['groups'])} groups). "
              "Unknown labels are left out of each attribute's ROC AUC and AP.", "",
-             "| attribute | positives | negatives | unknown | base rate | ROC AUC | AP |", "|---|---|---|---|---|---|---|"]
+             "| attribute | positives | negatives | unknown | base rate | ROC AUC | AP |",
+             "|---|---|---|---|---|---|---|"]
     for r in summary["attributes"]:
         def f(v, fmt="{:.2f}"):
             return "–" if v is None else fmt.format(v)
