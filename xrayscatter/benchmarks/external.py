@@ -1636,11 +1636,13 @@ def _needed_tables(plan, seed) -> set[tuple[str, float]]:
 
 def definition(per_group: int, seed: int, groups: list[str] | None = None) -> dict:
     """What the set is made of; its hash decides whether a folder's files can be reused."""
-    import sasmodels
-
+    try:
+        from sasmodels import __version__ as sasmodels_version
+    except ImportError:
+        sasmodels_version = None
     source = Path(__file__).read_text().split(_SCORING_MARKER)[0]
     body = {"version": SET_VERSION, "per_group": per_group, "seed": seed, "groups": list(groups or GROUPS),
-            "sasmodels": sasmodels.__version__, "numpy": np.__version__,
+            "sasmodels": sasmodels_version, "numpy": np.__version__,
             "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
     body["hash"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     return body
@@ -1777,8 +1779,11 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
         started = time.perf_counter()
         count = per_group * len(groups or GROUPS)
         with console.status(f"writing {count} detector files (sasmodels) into {folder}"):
-            truth = write_external_set(folder, per_group, seed, groups, workers)
+            new_truth = write_external_set(folder, per_group, seed, groups, workers)
         generation_seconds = time.perf_counter() - started
+        for stale in {r["file"] for r in truth} - {r["file"] for r in new_truth}:  # an older set's files
+            (folder / stale).unlink(missing_ok=True)
+        truth = new_truth
 
     from xrayscatter.predict import TaggingModel, resolve_model_dir, run_predictions
 
@@ -1798,9 +1803,9 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
     (folder / "results.md").write_text(_markdown(summary))
 
     formats = sorted({DETECTORS[r["detector"]].suffix for r in truth})
-    table = Table(title=f"{len(truth)} sasmodels files ({', '.join(formats)}; {len({r['detector'] for r in truth})} "
-                        f"detector formats) tagged by {tagging_model.path}")
-    for column in ("attribute", "pos/neg/unk", "base", "ROC AUC", "AP", f"mean {tagging_model.score_name} +/−"):
+    table = Table(title=f"ROC AUC and AP of the {tagging_model.score_name}s of {tagging_model.path} on {len(truth)} "
+                        f"sasmodels files ({', '.join(formats)}; {len({r['detector'] for r in truth})} detector formats)")
+    for column in ("attribute", "pos/neg/unk", "base", "AUC", "AP", "mean +/−"):
         table.add_column(column, justify="left" if column == "attribute" else "right", no_wrap=True)
     for r in rows:
         table.add_row(r["attribute"], f"{r['positives']}/{r['negatives']}/{r['unknown']}", _fmt(r["base_rate"]),
