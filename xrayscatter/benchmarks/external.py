@@ -38,7 +38,7 @@ detector at its Bragg angle and azimuth.
 
 Instrument, drawn per file: the detector/format (cycled so that every group meets each), the beam
 centre (centred, off-centre, 25–80 px from an edge, 30–100 px from a corner, or 20–400 px off the
-image: rings as arcs, no beamstop), the beamstop (circular disc r 8–40 px with an arm, a wire or
+image: rings as arcs, no beamstop; on an image plate, relative to its active disc), the beamstop (circular disc r 8–40 px with an arm, a wire or
 nothing; linear bar half-width 8–30 px from an edge past the beam; wedge half-angle 8–20°; none,
 with an attenuated direct beam; 25 % semi-transparent with a leaking direct beam; edges blurred by
 0.5–2.5 px), detector tilt 3–30° (15 % of SAXS, 40 % of WAXS files), wavelength, and a distance that
@@ -56,6 +56,8 @@ Poisson counts.
     ccd                  1024 × 1024          100 µm  TIFF uint16: gain 0.8–2 ADU/photon, dark offset
                                                       5–40 ADU, read noise 1.5–4 ADU, zingers
     image_plate          1024 × 1024          150 µm  PNG 16-bit, circular active area (0 outside)
+
+The Pilatus and Eiger module gaps are those of pyFAI's masks for these detectors (tested).
 
 Truth. Each label is 1, 0 or unknown (None: left out of that attribute's AUC and AP); it is decided
 from the generator's own parts and their expected counts (before noise), as a scientist looking at
@@ -1750,7 +1752,7 @@ def _fmt(v):
 
 
 def bench_external(model: str | Path | None = None, folder: str | Path | None = None,
-                   per_group: int = DEFAULT_PER_GROUP, seed: int = DEFAULT_SEED, workers: int = 1,
+                   per_group: int = DEFAULT_PER_GROUP, seed: int = DEFAULT_SEED, workers: int = 2,
                    groups: list[str] | None = None) -> dict:
     """Write (or reuse) the sasmodels set, tag it with ``predict``'s code path, report ROC AUC and AP per attribute.
 
