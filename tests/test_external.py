@@ -1,4 +1,4 @@
-"""`bench external`: detector files from sasmodels on other detectors and formats, and their scoring."""
+"""`bench external`: detector files from sasmodels on other detectors and formats, their truth and their scoring."""
 
 from __future__ import annotations
 
@@ -11,74 +11,311 @@ from detector_samples import shared_saved_models
 
 pytest.importorskip("sasmodels")
 
+SEED = 3
+
 
 @pytest.fixture(scope="module")
 def external_set(tmp_path_factory):
+    """One file per group (17 files, every detector and format), written by two processes."""
     from xrayscatter.benchmarks.external import write_external_set
 
     folder = tmp_path_factory.mktemp("external")
-    return folder, write_external_set(folder, per_group=1, seed=3)
+    return folder, write_external_set(folder, per_group=1, seed=SEED, workers=2)
 
 
-def test_files_are_other_detectors_and_formats_our_readers_take(external_set):
-    from xrayscatter.benchmarks.external import DETECTORS, GROUPS
+# --------------------------------------------------------------------------- the files
+def test_every_file_reads_with_its_detector_shape_and_missing_pixels(external_set):
+    from xrayscatter.attributes import ATTRIBUTES
+    from xrayscatter.benchmarks.external import DETECTORS, GROUPS, load_truth
     from xrayscatter.readers import read_detector_image
 
     folder, truth = external_set
+    definition, stored = load_truth(folder)
+    assert stored == json.loads(json.dumps(truth)) and definition["seed"] == SEED
     assert [row["group"] for row in truth] == list(GROUPS)
-    assert json.loads((folder / "truth.json").read_text()) == truth
+    assert {row["detector"] for row in truth} == set(DETECTORS)  # 7 detector/format pairs
+    assert {DETECTORS[row["detector"]].suffix for row in truth} == {".cbf", ".tif", ".edf", ".npy", ".png"}
     for row in truth:
-        rows, cols, *_rest, suffix = DETECTORS[row["detector"]]
-        assert row["file"].endswith(suffix)
+        detector = DETECTORS[row["detector"]]
+        assert row["file"].endswith(detector.suffix)
+        assert set(row["labels"]) == set(ATTRIBUTES) and set(row["labels"].values()) <= {0, 1, None}
         counts = read_detector_image(folder / row["file"])
-        assert counts.shape == (rows, cols)
-        missing = ~np.isfinite(counts) | (counts < 0)
-        if row["detector"] != "ccd":
-            assert missing.mean() > 0.01  # module gaps written as −1 arrive as missing pixels
-        assert np.nanmax(counts) > 50
+        assert counts.shape == (detector.rows, detector.cols)
+        missing = np.isnan(counts)
+        if detector.kind == "counting":  # module gaps (−1, 2³²−1 or NaN in the file) arrive as missing pixels
+            gap_rows = np.flatnonzero(missing.all(axis=1))
+            assert detector.module_rows in gap_rows and missing.mean() > 0.015
+        else:
+            assert not missing.any()
+        if detector.kind == "plate":  # zero outside the plate's disc
+            assert counts[0, 0] == 0 and counts[detector.rows // 2, detector.cols // 2] > 0
 
 
-def test_the_first_lamellar_ring_sits_at_q_two_pi_over_d(external_set):
-    """The lamellar stack's first Bragg ring in the written file is where q = 2π/d puts it."""
-    from xrayscatter.benchmarks.external import DETECTORS
-    from xrayscatter.readers import read_detector_image
+def test_beam_off_image_files_have_the_beam_outside_and_no_beamstop(external_set):
+    from xrayscatter.benchmarks.external import PLATE_RADIUS
 
-    folder, truth = external_set
-    row = next(r for r in truth if r["group"] == "lamellar")
-    counts = read_detector_image(folder / row["file"]).astype(float)
-    *_shape, pixel_mm, _suffix = DETECTORS[row["detector"]]
-    if row["detector"] == "ccd":
-        counts = (counts - 100) / 1.7
-    valid = np.isfinite(counts) & (counts >= 0)
-    q_first = 2 * np.pi / row["parameters"]["d_spacing"]
-    two_theta = 2 * np.arcsin(q_first * row["wavelength_A"] / (4 * np.pi))
-    ring_px = row["distance_mm"] * np.tan(two_theta) / pixel_mm
-    yy, xx = np.indices(counts.shape)
-    radius = np.hypot(yy - row["beam_centre_px"][0], xx - row["beam_centre_px"][1])
-    inside = valid & (np.abs(radius - ring_px) < 3)
-    between = valid & (np.abs(radius - 1.5 * ring_px) < 3)
-    assert counts[inside].mean() > 2 * counts[between].mean()
+    _folder, truth = external_set
+    for row in truth:
+        (cy, cx), (rows, cols) = row["beam_centre_px"], row["shape"]
+        outside = not (0 <= cy <= rows and 0 <= cx <= cols)
+        if row["detector"] == "image_plate":  # off the plate's active disc
+            outside = np.hypot(cy - rows / 2, cx - cols / 2) >= PLATE_RADIUS * min(rows, cols)
+        assert row["labels"]["Beam Off Image"] == int(outside)
+        if outside:
+            assert row["beamstop"]["kind"] == "none"
+            assert all(row["labels"][a] == 0 for a in ("Circ. Beamstop", "Linear beamstop", "Wedge beamstop"))
 
 
-def test_separation_is_roc_auc_per_attribute():
-    from xrayscatter.benchmarks.external import separation
+def test_module_gaps_are_the_real_detectors_masks():
+    """The Pilatus and Eiger gap layouts written by the set are pyFAI's masks of those detectors."""
+    pyFAI = pytest.importorskip("pyFAI")
+    from xrayscatter.benchmarks.external import DETECTORS, sensitive_area
 
-    truth = [{"file": "a", "attributes": ["Ring"]}, {"file": "b", "attributes": []},
-             {"file": "c", "attributes": ["Ring"]}, {"file": "d", "attributes": []}]
-    right = {"a": {"Ring": 0.9}, "b": {"Ring": 0.1}, "c": {"Ring": 0.8}, "d": {"Ring": 0.2}}
-    wrong = {k: {"Ring": 1 - v["Ring"]} for k, v in right.items()}
-    assert separation(truth, right)[0]["auc"] == 1.0
-    assert separation(truth, wrong)[0]["auc"] == 0.0
-    assert separation(truth, right)[0]["positives"] == 2
+    for ours, theirs in (("pilatus1m", "Pilatus1M"), ("pilatus300k", "Pilatus300k"), ("eiger1m", "Eiger1M")):
+        detector = pyFAI.detector_factory(theirs)
+        assert detector.pixel1 == pytest.approx(DETECTORS[ours].pixel_mm * 1e-3)
+        np.testing.assert_array_equal(~sensitive_area(DETECTORS[ours]), detector.calc_mask().astype(bool))
+
+
+def test_set_definition_hash_follows_its_parameters():
+    from xrayscatter.benchmarks.external import definition
+
+    assert definition(2, 1)["hash"] == definition(2, 1)["hash"]
+    assert len({definition(2, 1)["hash"], definition(3, 1)["hash"], definition(2, 2)["hash"],
+                definition(2, 1, ["bcc"])["hash"]}) == 4
+
+
+# --------------------------------------------------------------------------- physics spot checks
+def _geometry(**kw):
+    from xrayscatter.benchmarks.external import Geometry
+
+    parameters = dict(rows=400, cols=420, pixel_mm=0.172, distance_mm=3000.0, wavelength=1.0,
+                      centre=(180.5, 230.5))
+    parameters.update(kw)
+    return Geometry(**parameters)
+
+
+def test_geometry_q_follows_bragg_and_tilt_keeps_the_beam_at_q_zero():
+    g = _geometry()
+    q = g.maps()["q"]
+    # the pixel 100 px right of the beam centre, untilted: q = 4π/λ · sin(atan(r·p/D)/2)
+    expected = 4 * np.pi / g.wavelength * np.sin(np.arctan(100 * g.pixel_mm / g.distance_mm) / 2)
+    assert q[180, 330] == pytest.approx(expected, rel=1e-4)
+    assert g.radius_px(expected) == pytest.approx(100, abs=1e-3)
+    tilted = _geometry(tilt_deg=25.0, tilt_axis_deg=30.0, distance_mm=100.0).maps()["q"]
+    assert tilted[180, 230] < 1e-3 and tilted.min() == tilted[180, 230]
+    assert abs(tilted[180, 330] / tilted[180, 130] - 1) > 0.03  # rings are no longer circles
+
+
+def test_lamellar_first_ring_sits_at_two_pi_over_d():
+    from xrayscatter.benchmarks.external import DETECTORS, _combine, _lamellar, render
+
+    rng = np.random.default_rng(0)
+    part = _lamellar(rng)
+    d = part[1]["d_spacing"]
+    g = _geometry(distance_mm=float(80 * 0.172 / np.tan(2 * np.arcsin(2 * np.pi / d * 1.0 / (4 * np.pi))))
+                  , rows=1043, cols=981, centre=(500.5, 480.5))
+    scene, _info = render(_combine("saxs", [part]), g, DETECTORS["pilatus1m"], "none", rng, 1.0, 1e4)
+    from scipy.signal import find_peaks
+
+    image, bins = scene.pieces[0].image.ravel(), np.rint(scene.rho).astype(int).ravel()
+    radial = np.bincount(bins, image) / np.maximum(np.bincount(bins), 1)
+    peaks, props = find_peaks(np.log(radial[40:130]), prominence=0)
+    ring = 40 + int(peaks[np.argmax(props["prominences"])])
+    assert ring == pytest.approx(g.radius_px(2 * np.pi / d), abs=1.5)  # = 80 px by the choice of distance
+
+
+def test_cubic_ring_ratios_and_sasmodels_paracrystal_peaks():
+    """BCC rings at √2, √3, 2 × the first; FCC at √(4/3), √(8/3), √(11/3); sasmodels' smeared powder
+    patterns put their first peaks there too."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    from xrayscatter.benchmarks.external import cubic_cell, cubic_rings, lattice_factor
+
+    expected = {"BCC": [1, np.sqrt(2), np.sqrt(3), 2], "FCC": [1, np.sqrt(4 / 3), np.sqrt(8 / 3), np.sqrt(11 / 3)]}
+    for lattice, ratios in expected.items():
+        a = cubic_cell(lattice, 200.0)
+        rings = cubic_rings(lattice, 0.2, a)
+        assert [r["q"] / rings[0]["q"] for r in rings[:4]] == pytest.approx(ratios, rel=1e-9)
+        q = np.geomspace(0.6 * rings[0]["q"], 2.2 * rings[0]["q"], 1500)
+        z = lattice_factor(lattice, 0.07, q, 200.0)
+        smeared = gaussian_filter1d(np.log(z), 0.01 / np.log(q[1] / q[0]))  # 1 % resolution
+        peaks, _ = find_peaks(smeared, prominence=0.05)
+        found = q[peaks] / q[peaks[0]]
+        assert q[peaks[0]] == pytest.approx(rings[0]["q"], rel=0.02)
+        for ratio in ratios[1:] if lattice == "BCC" else [ratios[2], ratios[3]]:
+            assert np.min(np.abs(found - ratio)) < 0.02 * ratio
+
+
+def test_grain_spots_land_on_their_powder_rings():
+    from xrayscatter.benchmarks.external import cubic_cell, cubic_rings, render_spots
+
+    g = _geometry(rows=600, cols=600, centre=(300.5, 300.5), distance_mm=2000.0)
+    a = cubic_cell("FCC", 250.0)
+    spec = {"lattice": "FCC", "spacing": a, "form": "sphere", "radius": 60.0, "grains": 400, "mosaic_deg": 0.3,
+            "spot_sigma_px": 1.0}
+    image, meta = render_spots(spec, g, g.maps()["solid_pol"], np.random.default_rng(1))
+    spots = meta["spots"]
+    assert len(spots) > 20 and image.max() > 0
+    ring_q = {r["N"]: r["q"] for r in cubic_rings("FCC", 1.0, a)}
+    radius = np.hypot(spots[:, 0] + 0.5 - 300.5, spots[:, 1] + 0.5 - 300.5)
+    expected = g.radius_px(np.array([ring_q[int(n)] for n in spots[:, 3]]))
+    assert np.abs(radius - expected).max() < 1.0
+
+
+@pytest.mark.parametrize("kind", ["circular", "linear", "wedge"])
+def test_beamstops_shade_the_beam_and_reach_an_edge(kind):
+    from xrayscatter.benchmarks.external import draw_beamstop
+
+    shape, centre = (300, 320), (140.5, 170.5)
+    for seed in range(6):
+        transmission, params = draw_beamstop(kind, shape, centre, np.random.default_rng(seed))
+        assert transmission[140, 170] < 0.1  # the direct beam is stopped
+        shadow = transmission < 0.5
+        assert 0.001 < shadow.mean() < 0.5
+        if kind == "circular":
+            radius = params["radius_px"]
+            assert np.pi * (radius - 3) ** 2 < shadow.sum()
+            if params["arm"] == "none":
+                assert shadow.sum() < np.pi * (radius + 3) ** 2
+        if kind != "circular" or params["arm"] != "none":  # held from an edge
+            assert shadow[0].any() or shadow[-1].any() or shadow[:, 0].any() or shadow[:, -1].any()
+
+
+# --------------------------------------------------------------------------- truth rules on hand-built scenes
+def _scene(pieces=(), background=10.0, beamstop="none", centre=(200.5, 210.5)):
+    """A 400 × 420 untilted frame; ``pieces``: (role, I(q) → counts, meta)."""
+    from xrayscatter.benchmarks.external import Piece, Scene, draw_beamstop
+
+    g = _geometry(centre=centre)
+    maps = g.maps()
+    built = [Piece(role, "hand-made", None, 1.0, meta, np.asarray(f(maps["q"]), np.float32))
+             for role, f, meta in pieces]
+    transmission, _ = draw_beamstop(beamstop, maps["q"].shape, centre, np.random.default_rng(0))
+    return Scene(q=maps["q"], rho=maps["rho"], sensitive=np.ones(maps["q"].shape, bool), transmission=transmission,
+                 pieces=built, background=np.full(maps["q"].shape, background, np.float32), centre=centre,
+                 beamstop=beamstop), g
+
+
+def _bcc_rings(g, first_px=50, height=1000.0, width=0.01):
+    from xrayscatter.benchmarks.external import cubic_rings
+
+    q1 = float(g.q_at_radius(first_px))
+    a = 2 * np.pi * np.sqrt(2) / q1
+    rings = cubic_rings("BCC", float(g.q_at_radius(400)), a)
+
+    def profile(q):
+        return sum(height * np.exp(-0.5 * ((q - r["q"]) / (width * r["q"])) ** 2) for r in rings)
+
+    return ("lattice", profile, {"lattice": "BCC", "rings": rings})
+
+
+def test_a_flat_image_has_no_ring_and_no_sample_attribute():
+    from xrayscatter.benchmarks.external import decide
+
+    labels, _evidence = decide(_scene(background=10.0)[0])
+    for attribute in ("Ring", "Higher orders", "Many rings", "BCC", "FCC", "Halo", "Structure factor",
+                      "Polycrystalline", "Diffuse low-q", "Diffuse high-q", "Strong scattering", "Beam Off Image",
+                      "Circ. Beamstop", "Linear beamstop", "Wedge beamstop"):
+        assert labels[attribute] == 0, attribute
+    assert labels["Weak scattering"] == 1
+
+
+def test_a_strong_lattice_image_has_rings_higher_orders_and_its_lattice():
+    from xrayscatter.benchmarks.external import decide
+
+    _, g = _scene()
+    scene, _ = _scene([_bcc_rings(g)], background=5.0, beamstop="circular")
+    labels, evidence = decide(scene)
+    assert evidence["rings_sure"] >= 5
+    for attribute in ("Ring", "Higher orders", "Many rings", "BCC", "Strong scattering", "Circ. Beamstop"):
+        assert labels[attribute] == 1, attribute
+    for attribute in ("FCC", "Halo", "Structure factor", "Polycrystalline", "High background", "Weak scattering",
+                      "Linear beamstop", "Wedge beamstop", "Beam Off Image"):
+        assert labels[attribute] == 0, attribute
+
+
+def test_a_ring_drowned_in_background_is_not_a_ring_and_the_background_is_high():
+    from xrayscatter.benchmarks.external import decide
+
+    _, g = _scene()
+    labels, _ = decide(_scene([_bcc_rings(g, height=2.0)], background=400.0)[0])
+    assert labels["Ring"] == 0 and labels["BCC"] == 0
+    assert labels["High background"] == 1 and labels["Weak scattering"] == 1
+
+
+def test_bright_rings_on_a_moderate_floor_are_not_high_background():
+    from xrayscatter.benchmarks.external import decide
+
+    _, g = _scene()
+    labels, _ = decide(_scene([_bcc_rings(g, height=1e5)], background=100.0)[0])
+    assert labels["High background"] == 0 and labels["Strong scattering"] == 1 and labels["Weak scattering"] == 0
+
+
+def test_diffuse_low_q_needs_scattering_that_rises_towards_the_beam():
+    from xrayscatter.benchmarks.external import decide
+
+    porod = ("diffuse_low", lambda q: 1e-3 * np.maximum(q, 1e-4) ** -3.0, {})
+    scene, _ = _scene([porod], background=1.0, beamstop="linear")
+    labels, _ = decide(scene)
+    assert labels["Diffuse low-q"] == 1 and labels["Linear beamstop"] == 1
+    ring_only = ("diffuse_low", lambda q: 50 * np.exp(-0.5 * ((q - 0.02) / 0.003) ** 2), {})
+    labels, _ = decide(_scene([ring_only], background=1.0, beamstop="linear")[0])
+    assert labels["Diffuse low-q"] == 0
+
+
+def test_a_beam_off_the_image_is_tagged_by_geometry():
+    from xrayscatter.benchmarks.external import decide
+
+    labels, _ = decide(_scene(background=10.0, centre=(-60.0, 100.0))[0])
+    assert labels["Beam Off Image"] == 1
+
+
+# --------------------------------------------------------------------------- scoring
+def test_scoring_is_roc_auc_and_ap_over_known_labels():
+    from xrayscatter.attributes import ATTRIBUTES
+    from xrayscatter.benchmarks.external import score_attributes, summarise
+
+    def row(name, ring, bcc):
+        return {"file": name, "labels": {a: 0 for a in ATTRIBUTES} | {"Ring": ring, "BCC": bcc}}
+
+    truth = [row("a", 1, 1), row("b", 0, 0), row("c", 1, None), row("d", 0, 0), row("e", None, 1), row("f", 1, 0)]
+    scores = {n: {a: 0.5 for a in ATTRIBUTES} for n in "abcdef"}
+    for name, ring, bcc in (("a", 0.9, 0.8), ("b", 0.1, 0.1), ("c", 0.8, 0.99), ("d", 0.2, 0.3), ("e", 0.0, 0.1),
+                            ("f", 0.15, 0.2)):
+        scores[name].update({"Ring": ring, "BCC": bcc})
+    rows = {r["attribute"]: r for r in score_attributes(truth, scores)}
+    ring, bcc = rows["Ring"], rows["BCC"]
+    # Ring: positives a, c, f (0.9, 0.8, 0.15) vs negatives b, d (0.1, 0.2); e (unknown, score 0) left out
+    assert (ring["positives"], ring["negatives"], ring["unknown"]) == (3, 2, 1)
+    assert ring["auc"] == pytest.approx(5 / 6)
+    assert ring["ap"] == pytest.approx((1 + 1 + 3 / 4) / 3)
+    assert ring["base_rate"] == pytest.approx(3 / 5)
+    # BCC: positives a, e (0.8, 0.1) vs b, d, f (0.1, 0.3, 0.2); c (unknown, 0.99) left out
+    assert (bcc["positives"], bcc["negatives"], bcc["unknown"]) == (2, 3, 1)
+    assert bcc["auc"] == pytest.approx((3 + 0.5) / 6)
+    assert rows["Halo"]["auc"] is None and rows["Halo"]["positives"] == 0  # one class only: not scored
+    summary = summarise(list(rows.values()))
+    assert summary["attributes_scored"] == 2
+    assert summary["mean_auc"] == pytest.approx((ring["auc"] + bcc["auc"]) / 2)
+    assert summary["map"] == pytest.approx((ring["ap"] + bcc["ap"]) / 2)
+    assert summary["target_met"] is False
 
 
 def test_bench_external_tags_the_set_and_writes_results(external_set, tmp_path_factory):
+    from xrayscatter.attributes import ATTRIBUTES
     from xrayscatter.benchmarks.external import bench_external
 
     folder, truth = external_set
+    written = (folder / "truth.json").stat().st_mtime_ns
     model = shared_saved_models(tmp_path_factory) / "resnet"
-    summary = bench_external(model=model, folder=folder, per_group=1)
-    assert summary["files"] == len(truth) == 5
-    assert {r["attribute"] for r in summary["attributes"]} >= {"Ring", "Higher orders", "Circ. Beamstop"}
-    assert all(0.0 <= r["auc"] <= 1.0 for r in summary["attributes"])
-    assert json.loads((folder / "results.json").read_text())["mean_auc"] == pytest.approx(summary["mean_auc"])
+    summary = bench_external(model=model, folder=folder, per_group=1, seed=SEED)
+    assert (folder / "truth.json").stat().st_mtime_ns == written  # the set was reused, not rewritten
+    assert summary["files"] == len(truth) == 17
+    assert [r["attribute"] for r in summary["attributes"]] == list(ATTRIBUTES)
+    scored = [r for r in summary["attributes"] if r["auc"] is not None]
+    assert scored and all(0.0 <= r["auc"] <= 1.0 and 0.0 <= r["ap"] <= 1.0 for r in scored)
+    results = json.loads((folder / "results.json").read_text())
+    assert results["mean_auc"] == pytest.approx(summary["mean_auc"]) and results["map"] == pytest.approx(summary["map"])
+    assert "| attribute | positives |" in (folder / "results.md").read_text()
