@@ -28,7 +28,7 @@ on one resumes on the other::
     backup/                 ckpt-<global step>.*, checkpoint, run.json (the run folder being trained);
                             removed when the schedule is complete
     run-<timestamp>/        train/ (TensorBoard), training_log.csv, and what the task adds
-                            (validation/, figures/, best.weights.h5, checkpoints/ ...)
+                            (validation/, figures/, checkpoints/ ...)
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ from pathlib import Path
 
 from xrayscatter.errors import XrayscatterError
 
+# The input channels a network can be given (what each is: xrayscatter/normalization.py).
+INPUT_CHANNELS = ("log", "filled", "contrast", "valid")
+
 
 @dataclass(frozen=True)
 class SimulateConfig:
@@ -75,11 +78,49 @@ class ResNetConfig:
     # tf.data service dispatcher ("host:port" or "grpc://host:port") whose workers run the training
     # input pipeline on other CPU hosts; "" → the local pipeline. See xrayscatter/distribute/data_service.py.
     data_service: str = ""
+    # What the network sees (normalization.INPUT_CHANNELS): log counts with gaps filled by their
+    # neighbours, the same stretched per image, and the measured-pixel fraction; ("log",) is the
+    # single channel of the first models.
+    input_channels: tuple[str, ...] = ("filled", "contrast", "valid")
+    # Training shows a simulated image's module gaps as missing pixels (as Pilatus files mark them,
+    # −1) in this fraction of images and as 0 counts (as 16-bit files store them) in the rest.
+    gaps_missing_fraction: float = 0.5
+    # Weight of the beam-centre head's loss (absolute error of (x, y) in image sides, for beams on the
+    # image); 0 → no head (and no beam-region branch).
+    beam_centre_weight: float = 5.0
+    # The beam-region branch: a small CNN on a window of detail_window × the image around the estimated
+    # beam centre, taken from the image at detail_size px and resampled to detail_crop px; 0 → none.
+    detail_size: int = 256
+    detail_crop: int = 64
+    detail_window: float = 0.25
+    # Training images over which batch-norm statistics are recomputed for the final weights before
+    # every evaluation and the export (0 → keep the running averages of training).
+    batch_norm_images: int = 512
+    # Keep an exponential moving average of the weights (Keras use_ema) and export it.
+    weight_averaging: bool = False
+    # Decision thresholds: the lowest probability ≥ threshold_floor at which the validation
+    # precision reaches threshold_precision (else the best-F1 one above the floor).
+    threshold_precision: float = 0.8
+    threshold_floor: float = 0.3
     output_dir: str = "saved_models/resnet"
     log_dir: str = "logs/resnet"
 
     def validate(self, where: str) -> None:
         _check(32 <= self.input_size <= 1024, where, "resnet.input_size", "must be in [32, 1024]")
+        _check(len(self.input_channels) >= 1 and all(c in INPUT_CHANNELS for c in self.input_channels)
+               and len(set(self.input_channels)) == len(self.input_channels), where, "resnet.input_channels",
+               f"must be a list of distinct names from {list(INPUT_CHANNELS)}")
+        _check(0 <= self.gaps_missing_fraction <= 1, where, "resnet.gaps_missing_fraction", "must be in [0, 1]")
+        _check(self.beam_centre_weight >= 0, where, "resnet.beam_centre_weight", "must be ≥ 0")
+        _check(self.detail_size == 0 or self.detail_size >= self.input_size, where, "resnet.detail_size",
+               "must be 0 (no beam-region branch) or ≥ resnet.input_size")
+        _check(self.detail_size == 0 or self.beam_centre_weight > 0, where, "resnet.detail_size",
+               "the beam-region branch needs the beam-centre head (resnet.beam_centre_weight > 0)")
+        _check(self.detail_crop >= 8, where, "resnet.detail_crop", "must be ≥ 8")
+        _check(0 < self.detail_window <= 1, where, "resnet.detail_window", "must be in (0, 1]")
+        _check(self.batch_norm_images >= 0, where, "resnet.batch_norm_images", "must be ≥ 0")
+        _check(0 < self.threshold_precision <= 1, where, "resnet.threshold_precision", "must be in (0, 1]")
+        _check(0 <= self.threshold_floor < 1, where, "resnet.threshold_floor", "must be in [0, 1)")
         _check(0 < self.width_multiplier <= 4, where, "resnet.width_multiplier", "must be in (0, 4]")
         _check(self.batch_size >= 1, where, "resnet.batch_size", "must be ≥ 1")
         _check(self.epochs >= 1, where, "resnet.epochs", "must be ≥ 1")

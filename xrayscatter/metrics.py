@@ -78,3 +78,72 @@ def best_f1_thresholds(labels: np.ndarray, scores: np.ndarray, default: float = 
         k = int(np.argmax(f1))
         thresholds[a] = s_sorted[k] if k + 1 == len(s_sorted) else 0.5 * (s_sorted[k] + s_sorted[k + 1])
     return thresholds
+
+
+THRESHOLD_PRECISION = 0.8
+THRESHOLD_FLOOR = 0.3
+
+
+def precision_thresholds(labels: np.ndarray, scores: np.ndarray, precision: float = THRESHOLD_PRECISION,
+                         floor: float = THRESHOLD_FLOOR, default: float = 0.5) -> tuple[np.ndarray, list[str]]:
+    """Per attribute, a decision threshold that means something: the lowest cut at or above ``floor``
+    whose precision on these labels reaches ``precision`` (the most recall at that precision); where
+    no cut reaches it, the best-F1 cut at or above ``floor``; where the data cannot choose (one class
+    only, or no score at or above ``floor``), ``default``.
+
+    A weak classifier's best F1 sits at "say yes to almost everything" (thresholds of 0.1); asking for
+    a precision first, and never switching an attribute on below ``floor``, keeps a tag a statement
+    a user can act on. Cuts fall midway between distinct scores, as in :func:`best_f1_thresholds`.
+
+    Args:
+        labels: (N, A) 1 / 0 / NaN; scores: (N, A) probabilities.
+
+    Returns:
+        (A,) float64 thresholds and, per attribute, which rule chose it
+        (``"precision"``, ``"best F1"`` or ``"default"``).
+    """
+    labels = np.asarray(labels, np.float64)
+    scores = np.asarray(scores, np.float64)
+    thresholds = np.full(labels.shape[1], float(default))
+    rules = ["default"] * labels.shape[1]
+    for a in range(labels.shape[1]):
+        y, s = _known(labels, scores, a)
+        if y.sum() == 0 or y.sum() == y.size:
+            continue
+        order = np.argsort(-s, kind="stable")
+        s_sorted, y_sorted = s[order], y[order]
+        last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+        cuts = np.where(np.arange(len(s_sorted)) + 1 == len(s_sorted), s_sorted,
+                        0.5 * (s_sorted + np.r_[s_sorted[1:], s_sorted[-1]]))
+        usable = last_of_tie & (s_sorted >= floor)
+        if not usable.any():
+            continue
+        true_pos = np.cumsum(y_sorted)
+        kept = np.arange(1, len(s_sorted) + 1)
+        cut_precision = true_pos / kept
+        f1 = 2 * true_pos / (kept + y.sum())
+        precise = usable & (cut_precision >= precision)
+        if precise.any():
+            k = int(np.flatnonzero(precise)[-1])  # the lowest such cut: most recall
+            rules[a] = "precision"
+        else:
+            k = int(np.argmax(np.where(usable, f1, -1)))
+            rules[a] = "best F1"
+        thresholds[a] = max(float(cuts[k]), floor)  # the same images decided, never below the floor
+    return thresholds, rules
+
+
+def precision_recall_at(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(A,) precision and recall of ``scores >= thresholds`` on known labels (NaN where undefined)."""
+    labels = np.asarray(labels, np.float64)
+    scores = np.asarray(scores, np.float64)
+    precision = np.full(labels.shape[1], np.nan)
+    recall = np.full(labels.shape[1], np.nan)
+    for a in range(labels.shape[1]):
+        y, s = _known(labels, scores, a)
+        decided = s >= thresholds[a]
+        if decided.any():
+            precision[a] = float(y[decided].mean())
+        if y.any():
+            recall[a] = float(decided[y].mean())
+    return precision, recall

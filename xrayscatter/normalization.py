@@ -18,10 +18,22 @@ import math
 
 import tensorflow as tf
 
+from xrayscatter.config import INPUT_CHANNELS
+
 LOG_COUNT_SCALE = math.log1p(65535.0)
 NORMALIZATION_DESCRIPTION = (
     "x = log1p(max(counts, 0)) / log1p(65535); negative, NaN and inf pixels are missing → 0"
 )
+# The input channels a network can be given (resnet.input_channels), each (B, S, S) after
+# padding to a square and resizing:
+#   log       x above, missing pixels 0 (the single channel of the first models)
+#   filled    x with missing pixels filled by their neighbours' mean: the resized x divided by the
+#             resized valid fraction (normalised convolution), 0 where nothing is measured
+#   contrast  filled, stretched per image between its 2nd and 99.9th percentile over measured
+#             pixels: what a person sees on a log display scaled to the image, whatever the counts
+#   valid     fraction of measured pixels (1 measured, 0 module gap, masked or padding), so
+#             that gaps and masks are not mistaken for beamstop shadows
+CONTRAST_PERCENTILES = (2.0, 99.9)
 
 
 def normalize_counts(counts: tf.Tensor) -> tf.Tensor:
@@ -55,3 +67,65 @@ def to_model_input(counts: tf.Tensor, size: int) -> tf.Tensor:
     x = normalize_counts(counts)[..., None]
     x = pad_to_square(x)
     return tf.image.resize(x, (size, size), method="bilinear", antialias=True)
+
+
+def measured(counts: tf.Tensor) -> tf.Tensor:
+    """Raw counts (any shape) → float32 1 where the pixel was measured (finite and ≥ 0), else 0."""
+    counts = tf.cast(counts, tf.float32)
+    return tf.cast(tf.math.is_finite(counts) & (counts >= 0.0), tf.float32)
+
+
+def resize_square(images: tf.Tensor, size: int) -> tf.Tensor:
+    """(B, N, N, C) → (B, size, size, C), bilinear, antialiased when shrinking.
+
+    Growing, the antialiasing kernel gives the plain bilinear result (to 1e-7) at six
+    times the cost, so it is used only when N > size (N is known only at run time).
+    """
+    return tf.cond(tf.shape(images)[1] > size,
+                   lambda: tf.image.resize(images, (size, size), method="bilinear", antialias=True),
+                   lambda: tf.image.resize(images, (size, size), method="bilinear", antialias=False))
+
+
+def square_log_and_valid(counts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(B, H, W) raw counts → ((B, S, S, 1) log-scaled counts with missing 0, (B, S, S, 1) measured 1/0),
+    padded to a centred square (padding is missing)."""
+    return pad_to_square(normalize_counts(counts)[..., None]), pad_to_square(measured(counts)[..., None])
+
+
+def _percentile_over(values: tf.Tensor, where: tf.Tensor, percent: float) -> tf.Tensor:
+    """(B, N) values, (B, N) bool → (B,) the ``percent`` percentile of each row's selected values
+    (nearest rank; 0 for a row with none)."""
+    count = tf.reduce_sum(tf.cast(where, tf.int32), axis=1)
+    ranked = tf.sort(tf.where(where, values, tf.fill(tf.shape(values), float("inf"))), axis=1)
+    rank = tf.cast(tf.math.floor(tf.cast(tf.maximum(count - 1, 0), tf.float32) * percent / 100.0), tf.int32)
+    return tf.where(count > 0, tf.gather(ranked, rank, batch_dims=1), 0.0)
+
+
+def channels_from_square(log_square: tf.Tensor, valid_square: tf.Tensor, size: int, channels) -> tf.Tensor:
+    """Padded square (B, N, N, 1) log counts and measured fraction → (B, size, size, len(channels)).
+
+    See ``INPUT_CHANNELS`` for what each channel is.
+    """
+    unknown = [c for c in channels if c not in INPUT_CHANNELS]
+    if unknown or not channels:
+        raise ValueError(f"channels must be a non-empty list of {INPUT_CHANNELS}. Received: channels={list(channels)}")
+    log = resize_square(log_square, size)
+    valid = resize_square(valid_square, size)
+    seen = tf.cast(valid > 0.05, tf.float32)
+    filled = tf.math.divide_no_nan(log, tf.maximum(valid, 0.05)) * seen
+    out = {"log": log, "filled": filled, "valid": valid}
+    if "contrast" in channels:
+        flat = tf.reshape(filled, (tf.shape(filled)[0], -1))
+        where = tf.reshape(valid, tf.shape(flat)) > 0.5
+        low, high = (_percentile_over(flat, where, p)[:, None, None, None] for p in CONTRAST_PERCENTILES)
+        out["contrast"] = tf.clip_by_value((filled - low) / tf.maximum(high - low, 1e-3), 0.0, 1.0) * seen
+    return tf.concat([out[c] for c in channels], axis=-1)
+
+
+def model_input(counts: tf.Tensor, size: int, channels=("log",)) -> tf.Tensor:
+    """(B, H, W) raw counts → (B, size, size, len(channels)): padded square, resized, the channels asked for.
+
+    ``model_input(counts, size, ("log",))`` equals :func:`to_model_input`.
+    """
+    log_square, valid_square = square_log_and_valid(counts)
+    return channels_from_square(log_square, valid_square, size, tuple(channels))

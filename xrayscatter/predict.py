@@ -36,8 +36,9 @@ from xrayscatter.readers import UnreadableImageError, list_detector_files, read_
 from xrayscatter.saved_model import SAVED_MODEL_FILE, newest_version, read_metadata
 
 DEFAULT_MODEL_ROOT = Path("saved_models")
-# Searched in this order when --model is not given: the attribute model of the
-# evaluation (SVMs on the learned features) if it exists, else the ResNet.
+# The models --model can default to: the ResNet, and the evaluation's attribute model (SVMs on the
+# learned features), which is taken only when its stored held-out score beats the ResNet's own on
+# the same images (see default_model).
 DEFAULT_MODEL_NAMES = ("attributes", "resnet")
 DEFAULT_THRESHOLD = 0.5
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -46,13 +47,47 @@ TOP_ATTRIBUTES = 3
 
 
 # --------------------------------------------------------------------------- the model
+def default_model(root: str | Path = DEFAULT_MODEL_ROOT) -> tuple[Path, str]:
+    """The model ``predict`` uses without ``--model``, and why.
+
+    The newest ResNet, unless the newest attribute model (the evaluation's SVMs) stored a held-out
+    comparison against that same ResNet version in which it scored higher: the evaluation scores
+    both on the same held-out images (``metadata.json`` → ``holdout_comparison``), so the default
+    follows what was measured, not which model came last.
+
+    Raises:
+        XrayscatterError: neither model exists under ``root``.
+    """
+    root = Path(root)
+    resnet = newest_version(root / "resnet")
+    attributes = newest_version(root / "attributes")
+    if attributes is not None:
+        comparison = read_metadata(attributes, required=False).get("holdout_comparison") or {}
+        ours, theirs = comparison.get("attributes_model_mAP"), comparison.get("resnet_mAP")
+        compared = comparison.get("resnet_saved_model")
+        same_resnet = resnet is None or (compared is not None and Path(compared).resolve() == resnet.resolve())
+        if ours is not None and theirs is not None and same_resnet and ours > theirs:
+            return attributes, (f"attribute model: held-out mAP {100 * ours:.1f} % vs the ResNet's "
+                                f"{100 * theirs:.1f} % on the same images")
+        if resnet is None:
+            return attributes, "attribute model (no ResNet found)"
+        if ours is not None and theirs is not None and same_resnet:
+            return resnet, (f"ResNet: held-out mAP {100 * theirs:.1f} % vs the attribute model's "
+                            f"{100 * ours:.1f} % on the same images")
+        return resnet, "ResNet (the attribute model has no held-out comparison with this ResNet)"
+    if resnet is not None:
+        return resnet, "ResNet"
+    looked = " or ".join(f"{root / name}/<version>/" for name in DEFAULT_MODEL_NAMES)
+    raise XrayscatterError(f"{root}: no trained model found (looked for {looked}); run 'xrayscatter train resnet' "
+                           "or pass --model")
+
+
 def resolve_model_dir(model: str | Path | None = None, root: str | Path = DEFAULT_MODEL_ROOT) -> Path:
     """The SavedModel folder to use.
 
     Args:
         model: a SavedModel folder (holding ``saved_model.pb``) or a model folder of
-            integer versions (the newest is taken); None → the newest version of
-            ``root/attributes`` if present, else of ``root/resnet``.
+            integer versions (the newest is taken); None → :func:`default_model`.
         root: where the project's models live.
 
     Raises:
@@ -69,14 +104,7 @@ def resolve_model_dir(model: str | Path | None = None, root: str | Path = DEFAUL
             raise XrayscatterError(f"{model}: model folder not found")
         raise XrayscatterError(f"{model}: not a SavedModel (no saved_model.pb in it or in an integer version "
                                "subfolder)")
-    root = Path(root)
-    for name in DEFAULT_MODEL_NAMES:
-        version = newest_version(root / name)
-        if version is not None:
-            return version
-    looked = " or ".join(f"{root / name}/<version>/" for name in DEFAULT_MODEL_NAMES)
-    raise XrayscatterError(f"{root}: no trained model found (looked for {looked}); run 'xrayscatter train resnet' "
-                           "or pass --model")
+    return default_model(root)[0]
 
 
 class TaggingModel:
@@ -92,6 +120,7 @@ class TaggingModel:
         thresholds: (A,) float32; yes when score ≥ threshold (used unless the model
             outputs its own ``decisions``).
         score_name: ``"probability"`` or ``"score"`` (what the numbers are).
+        has_beam_centre: the model also estimates the beam centre (``beam_centre`` signature).
     """
 
     def __init__(self, path: str | Path):
@@ -125,6 +154,8 @@ class TaggingModel:
         self.attributes = _attribute_names(metadata, num_attributes, self.path)
         self.thresholds = _thresholds(metadata, self.attributes, self.path)
         self.input_size = metadata.get("input_size")
+        self._beam_signature = self._loaded.signatures.get("beam_centre")
+        self.has_beam_centre = self._beam_signature is not None
 
     def __call__(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, H, W) float32 counts → scores (B, A) float32 and decisions (B, A) int32 0/1."""
@@ -137,6 +168,14 @@ class TaggingModel:
         else:
             decisions = (scores >= self.thresholds).astype(np.int32)
         return scores, decisions
+
+    def beam_centre(self, counts: np.ndarray) -> np.ndarray | None:
+        """(B, H, W) float32 counts → (B, 2) float32 estimated beam centre (x, y) px, or None without the head."""
+        import tensorflow as tf
+
+        if self._beam_signature is None:
+            return None
+        return self._beam_signature(images=tf.constant(counts, tf.float32))["beam_centre"].numpy()
 
 
 def _attribute_names(metadata: dict, count: int, path: Path) -> tuple[str, ...]:
@@ -171,6 +210,16 @@ class ImageResult:
     scores: np.ndarray | None = None
     decisions: np.ndarray | None = None
     error: str | None = None
+    beam_xy: np.ndarray | None = None  # (2,) estimated beam centre (x, y) px, when the model has the head
+    shape: tuple[int, int] | None = None  # (height, width) px of the image
+
+    @property
+    def beam_on_image(self) -> bool | None:
+        """Whether the estimated beam centre lies on the image (None without an estimate)."""
+        if self.beam_xy is None or self.shape is None:
+            return None
+        x, y = self.beam_xy
+        return bool(0 <= x < self.shape[1] and 0 <= y < self.shape[0])
 
 
 def _read_one(path: Path) -> tuple[np.ndarray | None, str | None]:
@@ -246,8 +295,8 @@ def predict_directory(
 
     Args:
         directory: folder of detector files (see :func:`xrayscatter.readers.list_detector_files`).
-        model: SavedModel folder or model folder of versions; None → newest under saved_models/;
-            or an already loaded :class:`TaggingModel`.
+        model: SavedModel folder or model folder of versions; None → :func:`default_model` (the one
+            the stored held-out scores favour; printed with the reason); or a loaded :class:`TaggingModel`.
         output: ``.csv`` or ``.jsonl`` file, one row per file (failed files have an ``error``),
             every attribute's score and 0/1 decision; written atomically.
         recursive, glob: which files (see ``list_detector_files``).
@@ -270,6 +319,13 @@ def predict_directory(
         paths = [p for p in paths if p.resolve() != Path(output).resolve()]
         if not paths:
             raise XrayscatterError(f"{directory}: no detector images besides the output file {output}")
+    if model is None:
+        path, reason = default_model()
+        if not quiet:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"model {path}: {reason}", highlight=False)
+        model = path
     tagging_model = model if isinstance(model, TaggingModel) else TaggingModel(resolve_model_dir(model))
 
     started = time.perf_counter()
@@ -306,14 +362,19 @@ def run_predictions(model: TaggingModel, paths: list[Path], batch_size: int = 16
     def run(batch: list[tuple[int, np.ndarray]]) -> None:
         nonlocal done
         indices = [i for i, _ in batch]
+        stack = np.stack([counts for _, counts in batch])
         try:
-            scores, decisions = model(np.stack([counts for _, counts in batch]))
+            scores, decisions = model(stack)
+            beams = model.beam_centre(stack) if model.has_beam_centre else None
         except Exception as e:  # noqa: BLE001 - a failed batch is reported per file, the others go on
             for i in indices:
                 results[i].error = f"prediction failed ({type(e).__name__}: {str(e).splitlines()[0]})"
         else:
             for row, i in enumerate(indices):
                 results[i].scores, results[i].decisions = scores[row], decisions[row]
+                results[i].shape = stack.shape[1:]
+                if beams is not None:
+                    results[i].beam_xy = beams[row]
         done += len(indices)
         progress.update(task, advance=len(indices), rate=f"{done / (time.perf_counter() - started):.1f} img/s")
 
@@ -343,12 +404,18 @@ def _output_format(output: str | Path) -> str:
 
 
 def prediction_rows(results: list[ImageResult], model: TaggingModel) -> list[dict]:
-    """One flat dict per file: file, error, tags, then ``<slug>_<score name>`` and ``<slug>_decision``."""
+    """One flat dict per file: file, error, tags, (beam_x, beam_y, beam_on_image when the model estimates the
+    beam centre), then ``<slug>_<score name>`` and ``<slug>_decision``."""
     rows = []
     for result in results:
         row = {"file": str(result.path), "error": result.error or "", "tags": ""}
         if result.error is None:
             row["tags"] = ";".join(n for n, d in zip(model.attributes, result.decisions) if d)
+        if model.has_beam_centre:
+            ok = result.beam_xy is not None
+            row["beam_x"] = f"{result.beam_xy[0]:.1f}" if ok else ""
+            row["beam_y"] = f"{result.beam_xy[1]:.1f}" if ok else ""
+            row["beam_on_image"] = int(result.beam_on_image) if ok else ""
         for i, name in enumerate(model.attributes):
             ok = result.error is None
             row[f"{slug(name)}_{model.score_name}"] = f"{result.scores[i]:.6g}" if ok else ""
@@ -365,13 +432,17 @@ def prediction_records(results: list[ImageResult], model: TaggingModel) -> list[
         if result.error is not None:
             records.append({"file": str(result.path), "error": result.error})
             continue
-        records.append({
+        record = {
             "file": str(result.path),
             "error": None,
             "tags": [n for n, d in zip(model.attributes, result.decisions) if d],
             key: {n: float(s) for n, s in zip(model.attributes, result.scores)},
             "decisions": {n: int(d) for n, d in zip(model.attributes, result.decisions)},
-        })
+        }
+        if result.beam_xy is not None:
+            record["beam_centre"] = {"x": round(float(result.beam_xy[0]), 2), "y": round(float(result.beam_xy[1]), 2),
+                                     "on_image": result.beam_on_image}
+        records.append(record)
     return records
 
 

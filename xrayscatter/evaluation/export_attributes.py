@@ -98,8 +98,8 @@ class AttributesExport(SavedModelExport):
     model = "attributes"
 
     def __init__(self, feature_matrix: FeatureMatrix, svms: DeployableSVMs, attributes: tuple[str, ...], config,
-                 data_summary: dict, output_dir: str | Path | None = None):
-        super().__init__(config, output_dir)
+                 data_summary: dict, output_dir: str | Path | None = None, extra_metadata: dict | None = None):
+        super().__init__(config, output_dir, extra_metadata)
         self.sources = [s for s in feature_matrix.sources if "signature" in s]
         if len(self.sources) != len(feature_matrix.block_sizes):
             raise XrayscatterError(f"feature set '{feature_matrix.name}' has no SavedModel signature to export "
@@ -181,10 +181,17 @@ def _tagger_module(sources: list[dict], normalize_blocks: bool, svms: Deployable
 
 
 def export_attribute_model(feature_matrix: FeatureMatrix, svms: DeployableSVMs, attributes: tuple[str, ...], config,
-                           data_summary: dict, output_dir: str | Path | None = None) -> Path:
+                           data_summary: dict, output_dir: str | Path | None = None,
+                           extra_metadata: dict | None = None) -> Path:
     """Write ``<output_dir or evaluate.attributes_output_dir>/<next version>/``; returns that folder.
+
+    Args:
+        extra_metadata: more metadata, e.g. ``holdout_comparison`` (the evaluation's held-out mAP of this
+            model and of the ResNet's own outputs on the same images, which ``predict`` reads to choose
+            its default model).
 
     Raises:
         XrayscatterError: the feature set is a hand-crafted baseline (not a TF graph).
     """
-    return AttributesExport(feature_matrix, svms, attributes, config, data_summary, output_dir).export()
+    return AttributesExport(feature_matrix, svms, attributes, config, data_summary, output_dir,
+                            extra_metadata).export()

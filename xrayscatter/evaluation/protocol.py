@@ -149,13 +149,33 @@ def runs_with_positive(labels: np.ndarray, runs: np.ndarray, num_runs: int) -> n
                      for a in range(labels.shape[1])], dtype=np.int64)
 
 
+def constant_within_runs(labels: np.ndarray, runs: np.ndarray, num_runs: int) -> np.ndarray:
+    """(A,) bool: every run's known labels of the attribute are one class (all positive or all negative)."""
+    known = ~np.isnan(labels)
+    positive = known & (labels > 0.5)
+    negative = known & (labels <= 0.5)
+    mixed = np.zeros(labels.shape[1], dtype=bool)
+    for r in range(num_runs):
+        test = runs == r
+        mixed |= positive[test].any(axis=0) & negative[test].any(axis=0)
+    return ~mixed
+
+
 def summarize(fold_ap: np.ndarray, fold_status: np.ndarray, scores: np.ndarray, labels: np.ndarray,
               runs: np.ndarray, attributes: tuple[str, ...]) -> dict:
     """Attribute APs and the three mAPs as a JSON-able dict.
 
+    An attribute is *constant within runs* when every run's known labels of it are all positive or
+    all negative (the beamstop, the beam position and the background level of a simulated run). Under
+    the paper's fold convention such an attribute scores 1 on every fold whose run lacks it and is
+    never measured within a run, so its convention AP says nothing about the features; its pooled AP
+    (all out-of-fold scores ranked together) does. ``map_headline`` uses the pooled AP for those
+    attributes and the convention AP for the rest, and is the number to quote.
+
     Returns:
-        ``{"map_paper", "map_table5", "map_strict", "num_attributes_evaluable", "num_attributes_table5",
-        "num_attributes_strict", "per_attribute": {name: {"ap_paper", "ap_strict", "ap_pooled",
+        ``{"map_headline", "map_pooled", "map_paper", "map_table5", "map_strict", "num_attributes_evaluable",
+        "num_attributes_table5", "num_attributes_strict", "constant_within_runs": [names],
+        "per_attribute": {name: {"ap_paper", "ap_strict", "ap_pooled", "ap_headline", "constant_within_runs",
         "runs_with_positive", "positives", "negatives", "unknown", "folds_by_status"}}}``;
         APs are floats in [0, 1], or None where undefined.
     """
@@ -169,6 +189,8 @@ def summarize(fold_ap: np.ndarray, fold_status: np.ndarray, scores: np.ndarray, 
     per_attribute = {}
     ap_paper = np.full(len(attributes), np.nan)
     ap_strict = np.full(len(attributes), np.nan)
+    ap_pooled = np.full(len(attributes), np.nan)
+    constant = constant_within_runs(labels, runs, num_runs)
     for a, name in enumerate(attributes):
         counted = ~np.isnan(fold_ap[:, a])
         measured = fold_status[:, a] == MEASURED
@@ -180,10 +202,13 @@ def summarize(fold_ap: np.ndarray, fold_status: np.ndarray, scores: np.ndarray, 
         ok = known[:, a] & ~np.isnan(scores[:, a])
         if evaluable[a] and 0 < (labels[ok, a] > 0.5).sum() < ok.sum():
             pooled = float(average_precision_score(labels[ok, a] > 0.5, scores[ok, a]))
+            ap_pooled[a] = pooled
         per_attribute[name] = {
             "ap_paper": _float_or_none(ap_paper[a]),
             "ap_strict": _float_or_none(ap_strict[a]),
             "ap_pooled": pooled,
+            "ap_headline": pooled if constant[a] else _float_or_none(ap_paper[a]),
+            "constant_within_runs": bool(constant[a]),
             "runs_with_positive": int(in_runs[a]),
             "positives": int(positives[a]),
             "negatives": int(negatives[a]),
@@ -192,7 +217,11 @@ def summarize(fold_ap: np.ndarray, fold_status: np.ndarray, scores: np.ndarray, 
             "folds_by_status": {s: int((fold_status[:, a] == s).sum()) for s in FOLD_STATUSES},
         }
     strict_set = table5 & ~np.isnan(ap_strict)
+    headline = np.where(constant, ap_pooled, ap_paper)
     return {
+        "map_headline": _mean_or_none(headline[evaluable & ~np.isnan(headline)]),
+        "map_pooled": _mean_or_none(ap_pooled[evaluable & ~np.isnan(ap_pooled)]),
+        "constant_within_runs": [name for a, name in enumerate(attributes) if constant[a] and evaluable[a]],
         "map_paper": _mean_or_none(ap_paper[evaluable & ~np.isnan(ap_paper)]),
         "map_table5": _mean_or_none(ap_paper[table5 & ~np.isnan(ap_paper)]),
         "map_strict": _mean_or_none(ap_strict[strict_set]),

@@ -20,7 +20,7 @@ from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.dataset import naming_bad_shards
 from xrayscatter.metrics import average_precisions, mean_average_precision
 from xrayscatter.resnet.data import make_dataset, make_label_dataset
-from xrayscatter.resnet.model import BACKBONE_NAME, first_conv_kernel
+from xrayscatter.resnet.model import BACKBONE_NAME, attribute_probabilities, first_conv_kernel
 
 _EPSILON = 1e-7  # keras.backend.epsilon(), the clipping of binary cross-entropy
 
@@ -34,21 +34,31 @@ def summed_binary_crossentropy_numpy(labels: np.ndarray, probabilities: np.ndarr
 class ValidationMetrics(keras.callbacks.Callback):
     """After each epoch: predictions on the validation split → ``val_loss``, ``val_mAP``, ``val_AP_<attribute>``.
 
-    Must come before the checkpoint, TensorBoard and CSV callbacks, which then see these values.
-    ``val_mAP`` is the mean over the attributes with a measurable AP (:mod:`xrayscatter.metrics`).
+    Must come before the TensorBoard and CSV callbacks, which then see these values. ``val_mAP`` is
+    the mean over the attributes with a measurable AP (:mod:`xrayscatter.metrics`).
+
+    Args:
+        config: the PipelineConfig.
+        paths: the validation shards.
+        evaluation_model: the training model → the model that predicts (default: itself). The ResNet
+            task passes a copy with batch-norm statistics recomputed for the epoch's weights, the
+            same as the export, so that the score tracks the weights, not the trailing statistics.
     """
 
-    def __init__(self, config, paths: list[str]):
+    def __init__(self, config, paths: list[str], evaluation_model=None):
         super().__init__()
         self.paths = paths
+        self.evaluation_model = evaluation_model or (lambda model: model)
         self.images = make_dataset(config, "val", training=False, paths=paths).map(lambda x, y: x)
         self.labels = np.stack([y.numpy() for y in make_label_dataset(config, "val", paths=paths)])
         self.probabilities: np.ndarray | None = None
         self.history: list[float] = []
 
     def on_epoch_end(self, epoch, logs=None):
+        model = self.evaluation_model(self.model)
         with naming_bad_shards(self.paths):
-            self.probabilities = np.asarray(self.model.predict(self.images, verbose=0), np.float32)
+            outputs = model.predict(self.images, verbose=0)
+        self.probabilities = np.asarray(attribute_probabilities(outputs), np.float32)
         ap = average_precisions(self.labels, self.probabilities)
         mean_ap = mean_average_precision(ap)
         mean_ap = float("nan") if mean_ap is None else mean_ap
@@ -68,7 +78,8 @@ class TensorBoardFigures(keras.callbacks.Callback):
         super().__init__()
         self.writer = tf.summary.create_file_writer(str(log_dir / "validation"))
         self.validation = validation
-        self.grid_images = np.concatenate([x.numpy() for x in validation.images.take(grid_size)])[:grid_size]
+        batches = [x["image"] if isinstance(x, dict) else x for x in validation.images.take(grid_size)]
+        self.grid_images = np.concatenate([x.numpy() for x in batches])[:grid_size]
 
     def on_epoch_end(self, epoch, logs=None):
         from tensorboard.plugins.pr_curve import summary as pr_summary
@@ -91,7 +102,7 @@ class TensorBoardFigures(keras.callbacks.Callback):
 
 
 def input_grid_png(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> tf.Tensor:
-    """(n, S, S, 1) normalised images with true and predicted tags → (H, W, 4) uint8 RGBA image."""
+    """(n, S, S, C) input channels (the first is shown) with true and predicted tags → (H, W, 4) uint8 RGBA image."""
     import matplotlib
 
     matplotlib.use("Agg")

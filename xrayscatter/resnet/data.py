@@ -1,8 +1,9 @@
 """The ResNet's tf.data input pipelines over the sharded TFRecords of one split.
 
     shard list (dataset.py) ─► (per-worker shard) ─► shuffle files (train) ─► parallel interleave
-    ─► parse + decode 16-bit PNG ─► normalise, pad square, resize (in graph) ─► cache (optional)
-    ─► shuffle + repeat + augment (train) ─► batch ─► (tf.data service, train, optional) ─► prefetch
+    ─► parse + decode 16-bit PNG ─► module gaps as missing or as 0 counts ─► input channels,
+    pad square, resize (in graph) ─► cache (optional) ─► shuffle + repeat + augment (train)
+    ─► batch ─► (tf.data service, train, optional) ─► prefetch
 
 Every stage runs with ``AUTOTUNE`` parallelism; training reads in non-deterministic
 order (faster), evaluation in a fixed order (so predictions line up with labels).
@@ -10,8 +11,15 @@ order (faster), evaluation in a fixed order (so predictions line up with labels)
 ``strategy.distribute_datasets_from_function`` passes: it batches per replica and
 shards the files per input pipeline (worker).
 
-Elements are ``(images, labels)``: (b, S, S, 1) float32 normalised images and
-(b, 17) float32 multi-hot labels, S = ``config.resnet.input_size``.
+Elements are ``(inputs, targets)``. Without the beam-centre head: (b, S, S, C) float32 input
+channels (``config.resnet.input_channels``, S = ``config.resnet.input_size``) and the (b, 17)
+float32 multi-hot labels. With it (``resnet.beam_centre_weight`` > 0): inputs ``{"image"}`` — and,
+with the beam-region branch (``resnet.detail_size`` = D > 0), ``"detail"`` (b, D, D, C), the same
+image at D px, from which the image is resized, and ``"centre"`` (b, 2), the beam centre the branch
+looks around (training: the true one, jittered; NaN where the beam is off the image and at
+evaluation: the network's own estimate) — and targets ``{"attributes": labels, "beam": (b, 2)}``,
+the beam centre (x, y) as a fraction of the image's side, moved with the image by every crop,
+flip and rotation (NaN for records without one).
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ import tensorflow as tf
 
 from xrayscatter.dataset import count_records, read_records, shard_paths
 from xrayscatter.distribute.strategy import share_of_files
-from xrayscatter.normalization import to_model_input
+from xrayscatter.normalization import model_input, resize_square
 from xrayscatter.schema import FEATURE_SPEC, parse_example
 
 # Training crops come from the image resized to 256/224 of the input size: the
 # smallest scale of the paper's 15-crop feature.
 TRAIN_RESIZE_FACTOR = 256 / 224
+CENTRE_JITTER = 0.03  # σ of the noise on the true beam centre given to the detail branch (image sides)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -39,16 +48,69 @@ def shard_records(paths: list[str], training: bool, input_context) -> tf.data.Da
     return share_of_files(paths, input_context, lambda files: read_records(files, shuffle=training))
 
 
-def augment(image: tf.Tensor, size: int) -> tf.Tensor:
-    """(L, L, 1) → (size, size, 1): random crop, then one of the 8 flips/rotations of the square.
+def beam_in_square(beam_xy: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """Beam centre (x, y) px of an (H, W) image → (x, y) as a fraction of its centred padded square's side."""
+    size = tf.maximum(height, width)
+    offset = tf.cast(tf.stack([(size - width) // 2, (size - height) // 2]), tf.float32)
+    return (beam_xy + offset) / tf.cast(size, tf.float32)
 
-    Scattering patterns have no preferred orientation on the detector and every
-    attribute survives a flip or a quarter turn; intensities are left alone because
-    several attributes (strong/weak scattering, high background) are about them.
+
+def _symmetry(image: tf.Tensor, beam: tf.Tensor, flip: tf.Tensor, turns: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """A square image and its (2,) beam centre (fractions of its side) under a left-right flip (if ``flip``)
+    followed by ``turns`` anticlockwise quarter turns (as ``tf.image.rot90``)."""
+    x, y = beam[0], beam[1]
+    image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+    x = tf.where(flip, 1.0 - x, x)
+    image = tf.image.rot90(image, turns)
+    for turn in range(3):  # each quarter turn takes (x, y) to (y, 1 − x)
+        x, y = tf.where(turn < turns, y, x), tf.where(turn < turns, 1.0 - x, y)
+    return image, tf.stack([x, y])
+
+
+def augment(image: tf.Tensor, beam: tf.Tensor, size: int, detail: tf.Tensor | None = None):
+    """A random (size, size, C) crop of an (L, L, C) image, then one of the 8 flips/rotations of the square.
+
+    Scattering patterns have no preferred orientation on the detector and every attribute survives
+    a flip or a quarter turn; intensities are left alone because several attributes (strong/weak
+    scattering, high background) are about them.
+
+    Args:
+        image: (L, L, C); beam: (2,) its beam centre (x, y) as fractions of L.
+        detail: the same image at detail resolution (D, D, C): not cropped, but flipped and turned alike.
+
+    Returns:
+        (crop, beam centre as fractions of ``size``), and with ``detail`` also (detail, its beam centre).
     """
-    image = tf.image.random_crop(image, (size, size, 1))
-    image = tf.image.random_flip_left_right(image)
-    return tf.image.rot90(image, k=tf.random.uniform((), 0, 4, dtype=tf.int32))
+    load = tf.shape(image)[0]
+    corner = tf.random.uniform((2,), 0, load - size + 1, dtype=tf.int32)  # (row, column)
+    crop = tf.ensure_shape(image[corner[0]:corner[0] + size, corner[1]:corner[1] + size], (size, size, image.shape[-1]))
+    shift = tf.cast(tf.stack([corner[1], corner[0]]), tf.float32)
+    crop_beam = (beam * tf.cast(load, tf.float32) - shift) / size
+    flip = tf.random.uniform(()) < 0.5
+    turns = tf.random.uniform((), 0, 4, dtype=tf.int32)
+    crop, crop_beam = _symmetry(crop, crop_beam, flip, turns)
+    if detail is None:
+        return crop, crop_beam
+    detail, detail_beam = _symmetry(detail, beam, flip, turns)
+    return crop, crop_beam, detail, detail_beam
+
+
+def inputs_from_counts(counts: tf.Tensor, settings):
+    """(B, H, W) raw counts → the network's inputs at evaluation, for ``settings`` (the ``[resnet]`` section):
+    the same graph as the evaluation pipeline, so a SavedModel sees what validation saw."""
+    channels = tuple(settings.input_channels)
+    if settings.beam_centre_weight <= 0:
+        return model_input(counts, settings.input_size, channels)
+    if not settings.detail_size:
+        return {"image": model_input(counts, settings.input_size, channels)}
+    return network_inputs(model_input(counts, settings.detail_size, channels), settings.input_size)
+
+
+def network_inputs(detail: tf.Tensor, size: int) -> dict:
+    """Detail-resolution input channels (B, D, D, C) → the network's inputs at evaluation: the image resized
+    to (B, size, size, C), the detail itself, and no given centre (NaN: the network uses its own estimate)."""
+    batch = tf.shape(detail)[0]
+    return {"image": resize_square(detail, size), "detail": detail, "centre": tf.fill((batch, 2), float("nan"))}
 
 
 def make_dataset(config, split: str, training: bool, input_context: tf.distribute.InputContext | None = None,
@@ -72,7 +134,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     by the tf.data service workers of that dispatcher (:mod:`xrayscatter.distribute.data_service`).
 
     Returns:
-        Dataset of (images (b, S, S, 1) float32, labels (b, 17) float32).
+        Dataset of (images (b, S, S, C) float32, targets): see the module docstring.
     """
     settings = config.resnet
     paths = shard_paths(config, split) if paths is None else list(paths)
@@ -83,10 +145,44 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     batch_size = (input_context.get_per_replica_batch_size(settings.batch_size)
                   if input_context is not None else settings.batch_size)
 
+    channels = tuple(settings.input_channels)
+    gaps_missing = settings.gaps_missing_fraction if training else 1.0
+    beam_head = settings.beam_centre_weight > 0
+    detail_size = settings.detail_size if beam_head else 0
+    storage = tf.float16 if detail_size else tf.float32  # the detail images are what the cache holds
+
     def decode(serialized):
         record = parse_example(serialized)
-        image = to_model_input(record["image"][None], load_size)[0]
-        return image, record["labels"]
+        counts, mask = record["image"], record["mask"]
+        # Module gaps arrive as missing pixels from Pilatus-like files and as 0 counts from 16-bit
+        # files: training shows both; evaluation shows them missing (mask is all 1 in v1 records).
+        as_missing = tf.random.uniform(()) < gaps_missing if 0 < gaps_missing < 1 else tf.constant(gaps_missing > 0)
+        counts = tf.where((mask > 0.5) | ~as_missing, counts, -1.0)
+        source = model_input(counts[None], detail_size or load_size, channels)[0]
+        beam = beam_in_square(record["beam"], tf.shape(counts)[0], tf.shape(counts)[1])
+        return tf.cast(source, storage), record["labels"], beam
+
+    def example(source, labels, beam):
+        """(network inputs, targets) from the decoded source image: crops, flips and turns when augmenting."""
+        source = tf.cast(source, tf.float32)
+        if not detail_size:
+            image = source
+            if augmentation:
+                image, beam = augment(image, beam, size)
+            return ({"image": image} if beam_head else image), (
+                {"attributes": labels, "beam": beam} if beam_head else labels)
+        if augmentation:
+            image = resize_square(source[None], load_size)[0]
+            image, image_beam, detail, detail_beam = augment(image, beam, size, source)
+            # The true centre (jittered, as an estimate would be) while training; NaN where the beam is off
+            # the image, so that the network learns to use its own estimate there, as it will at inference.
+            on_image = tf.reduce_all((detail_beam >= 0.0) & (detail_beam <= 1.0))
+            jittered = detail_beam + tf.random.normal((2,), stddev=CENTRE_JITTER)
+            inputs = {"image": image, "detail": detail,
+                      "centre": tf.where(on_image, jittered, tf.fill((2,), float("nan")))}
+            return inputs, {"attributes": labels, "beam": image_beam}
+        inputs = {k: v[0] for k, v in network_inputs(source[None], size).items()}
+        return inputs, {"attributes": labels, "beam": beam}
 
     dataset = shard_records(paths, training, input_context)
     if not training and input_context is None:
@@ -97,9 +193,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(settings.shuffle_buffer, reshuffle_each_iteration=True).repeat()
-        if augmentation:
-            dataset = dataset.map(lambda image, labels: (augment(image, size), labels),
-                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     dataset = dataset.batch(batch_size, drop_remainder=training,
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     if training and settings.data_service:

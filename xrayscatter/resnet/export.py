@@ -8,6 +8,9 @@ docs/CONTRACTS.md):
 serving_default    ``probabilities`` float32 (batch, 17)
 features_15crop    ``features`` float32 (batch, 2048·w), the paper's 15-crop mean
 features           ``features`` float32 (batch, 2048·w), image resized to the input
+beam_centre        ``beam_centre`` float32 (batch, 2): (x, y) px of the input image, pixel
+                   centres at index + 0.5 (models with the beam-centre head; meaningful
+                   when the beam is on the image, see the Beam Off Image probability)
 =================  =========================================================
 
 Besides the shared constants (``metadata_json``, ``normalization``) it carries ``attribute_names``
@@ -22,9 +25,9 @@ import keras
 import tensorflow as tf
 
 from xrayscatter.attributes import ATTRIBUTES
-from xrayscatter.normalization import to_model_input
+from xrayscatter.resnet.data import inputs_from_counts
 from xrayscatter.resnet.features import fifteen_crop_features, fifteen_crop_scales, plain_features
-from xrayscatter.resnet.model import feature_size
+from xrayscatter.resnet.model import attribute_probabilities, feature_size
 from xrayscatter.saved_model import KerasExport
 
 SIGNATURES = {
@@ -33,6 +36,9 @@ SIGNATURES = {
                        "mean over 15 crops (3 scales × 5 crops)",
     "features": "images float32 (batch, height, width) raw counts → features float32 (batch, F), "
                 "image resized to the input size",
+    "beam_centre": "images float32 (batch, height, width) raw counts → beam_centre float32 (batch, 2): (x, y) px "
+                   "of the image, pixel centres at index + 0.5 (meaningful when the beam is on the image: see the "
+                   "Beam Off Image probability)",
 }
 
 
@@ -40,9 +46,10 @@ class ResNetExport(KerasExport):
     """The classifier (probabilities) and its backbone (15-crop and plain features).
 
     Args:
-        classifier: (B, S, S, 1) normalised → (B, 17) probabilities, built on ``backbone``; plain float32
-            models built outside any distribution strategy (``ResNetTask.plain_copy``).
-        backbone: (B, S, S, 1) normalised → (B, F) features.
+        classifier: (B, S, S, C) input channels → (B, 17) probabilities, or ``{"attributes", "beam"}`` with
+            the beam-centre head, built on ``backbone``; plain float32 models built outside any
+            distribution strategy (``ResNetTask.plain_copy``).
+        backbone: (B, S, S, C) input channels → (B, F) features.
         config, output_dir, extra_metadata: see :class:`xrayscatter.saved_model.SavedModelExport`.
     """
 
@@ -54,19 +61,28 @@ class ResNetExport(KerasExport):
         self.classifier = classifier
         self.backbone = backbone
         self.input_size = config.resnet.input_size
+        self.settings = config.resnet
+        self.channels = tuple(config.resnet.input_channels)
+        self.beam_head = isinstance(classifier.output, dict)
 
     def model_metadata(self) -> dict:
         size = self.input_size
+        heads = "sigmoid attribute head and beam-centre head" if self.beam_head else "sigmoid head"
+        if self.beam_head and self.settings.detail_size:
+            heads += (f", beam-region branch ({self.settings.detail_window:g} of the image around the estimated beam "
+                      f"centre, from {self.settings.detail_size} px, at {self.settings.detail_crop} px)")
         return {
-            "architecture": "ResNet-50 (keras.applications layout), 1 input channel, sigmoid head",
+            "architecture": f"ResNet-50 (keras.applications layout), {len(self.channels)} input channel(s), {heads}",
             "attributes": list(ATTRIBUTES),
             "input_size": size,
+            "input_channels": list(self.channels),
             "width_multiplier": self.config.resnet.width_multiplier,
             "feature_size": feature_size(self.config.resnet.width_multiplier),
-            "preprocessing": "normalise, pad to a centred square with 0, bilinear antialiased resize",
+            "preprocessing": "normalise, pad to a centred square (missing), bilinear antialiased resize, input "
+                             "channels (xrayscatter/normalization.py)",
             "fifteen_crop": {"scales": list(fifteen_crop_scales(size)), "crop": size,
                              "crops": "centre, top-left, top-right, bottom-left, bottom-right"},
-            "signatures": SIGNATURES,
+            "signatures": {k: v for k, v in SIGNATURES.items() if self.beam_head or k != "beam_centre"},
         }
 
     def constants(self, metadata: dict) -> dict:
@@ -77,20 +93,30 @@ class ResNetExport(KerasExport):
         return self.classifier
 
     def signatures(self) -> list:
-        classifier, backbone, size = self.classifier, self.backbone, self.input_size
+        classifier, backbone, size, channels = self.classifier, self.backbone, self.input_size, self.channels
+        settings = self.settings
         images = [tf.TensorSpec((None, None, None), tf.float32, name="images")]
 
         def serving_default(images):
-            return {"probabilities": classifier(to_model_input(images, size), training=False)}
+            outputs = classifier(inputs_from_counts(images, settings), training=False)
+            return {"probabilities": attribute_probabilities(outputs)}
 
         def features_15crop(images):
-            return {"features": fifteen_crop_features(backbone, images, size)}
+            return {"features": fifteen_crop_features(backbone, images, size, channels)}
 
         def features(images):
-            return {"features": plain_features(backbone, images, size)}
+            return {"features": plain_features(backbone, images, size, channels)}
 
-        return [("serving_default", serving_default, images), ("features_15crop", features_15crop, images),
-                ("features", features, images)]
+        def beam_centre(images):
+            fraction = classifier(inputs_from_counts(images, settings), training=False)["beam"]
+            height, width = tf.shape(images)[1], tf.shape(images)[2]
+            side = tf.maximum(height, width)
+            offset = tf.cast(tf.stack([(side - width) // 2, (side - height) // 2]), tf.float32)
+            return {"beam_centre": fraction * tf.cast(side, tf.float32) - offset}
+
+        out = [("serving_default", serving_default, images), ("features_15crop", features_15crop, images),
+               ("features", features, images)]
+        return out + ([("beam_centre", beam_centre, images)] if self.beam_head else [])
 
 
 def export_resnet(classifier: keras.Model, backbone: keras.Model, config, extra_metadata: dict | None = None,

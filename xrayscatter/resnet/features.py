@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from xrayscatter.normalization import normalize_counts, pad_to_square, to_model_input
+from xrayscatter.normalization import channels_from_square, model_input, square_log_and_valid
 
 PAPER_INPUT_SIZE = 224
 PAPER_SCALES = (256, 384, 512)
@@ -39,43 +39,34 @@ def five_crops(images: tf.Tensor, crop: int) -> tf.Tensor:
     return tf.ensure_shape(crops, (None, crop, crop, images.shape[-1]))
 
 
-def resize_square(images: tf.Tensor, size: int) -> tf.Tensor:
-    """(B, N, N, C) → (B, size, size, C), bilinear, antialiased when shrinking.
+def fifteen_crops(counts: tf.Tensor, input_size: int, channels=("log",)) -> tf.Tensor:
+    """(B, H, W) raw counts → (15·B, input_size, input_size, C) crops of the input channels.
 
-    Growing, the antialiasing kernel gives the plain bilinear result (to 1e-7) at six
-    times the cost, so it is used only when N > size (N is known only at run time).
+    The channels are made at each scale, then cropped (as in training: channels of the whole
+    resized image, then a crop). Order: scale-major, then crop (as :func:`five_crops`), then image.
     """
-    return tf.cond(tf.shape(images)[1] > size,
-                   lambda: tf.image.resize(images, (size, size), method="bilinear", antialias=True),
-                   lambda: tf.image.resize(images, (size, size), method="bilinear", antialias=False))
-
-
-def fifteen_crops(counts: tf.Tensor, input_size: int) -> tf.Tensor:
-    """(B, H, W) raw counts → (15·B, input_size, input_size, 1) normalised crops.
-
-    Order: scale-major, then crop (as :func:`five_crops`), then image.
-    """
-    square = pad_to_square(normalize_counts(counts)[..., None])
+    log_square, valid_square = square_log_and_valid(counts)
     crops = []
     for scale in fifteen_crop_scales(input_size):
-        resized = resize_square(square, scale)
+        resized = channels_from_square(log_square, valid_square, scale, channels)
         crops.append(five_crops(resized, input_size))
     return tf.concat(crops, axis=0)
 
 
-def fifteen_crop_features(backbone, counts: tf.Tensor, input_size: int) -> tf.Tensor:
+def fifteen_crop_features(backbone, counts: tf.Tensor, input_size: int, channels=("log",)) -> tf.Tensor:
     """(B, H, W) raw counts → (B, F) float32: the mean of the 15 crops' pooled features.
 
     Args:
-        backbone: (n, S, S, 1) → (n, F) feature model (``resnet.model.build_backbone``).
+        backbone: (n, S, S, C) → (n, F) feature model (``resnet.model.build_backbone``).
         input_size: S (px), the backbone's input side.
+        channels: the backbone's input channels (``normalization.INPUT_CHANNELS``).
     """
     batch = tf.shape(counts)[0]
-    features = tf.cast(backbone(fifteen_crops(counts, input_size), training=False), tf.float32)
+    features = tf.cast(backbone(fifteen_crops(counts, input_size, channels), training=False), tf.float32)
     features = tf.reshape(features, (NUM_CROPS, batch, features.shape[-1]))  # static F: the signature shows (-1, F)
     return tf.reduce_mean(features, axis=0)
 
 
-def plain_features(backbone, counts: tf.Tensor, input_size: int) -> tf.Tensor:
+def plain_features(backbone, counts: tf.Tensor, input_size: int, channels=("log",)) -> tf.Tensor:
     """(B, H, W) raw counts → (B, F) float32 feature of the image resized to the input size."""
-    return tf.cast(backbone(to_model_input(counts, input_size), training=False), tf.float32)
+    return tf.cast(backbone(model_input(counts, input_size, channels), training=False), tf.float32)

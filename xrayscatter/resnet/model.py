@@ -1,8 +1,12 @@
-"""ResNet-50 (He et al. 2016; Wang et al., WACV 2017, Table 1) for single-channel detector images.
+"""ResNet-50 (He et al. 2016; Wang et al., WACV 2017, Table 1) for detector images.
 
-    image (S, S, 1) ─► conv1 7×7/2 ─► max pool 3×3/2 ─► conv2_x (3 blocks) ─► conv3_x (4)
+    image (S, S, C) ─► conv1 7×7/2 ─► max pool 3×3/2 ─► conv2_x (3 blocks) ─► conv3_x (4)
                     ─► conv4_x (6) ─► conv5_x (3) ─► global average pool ─► feature (2048·w)
     feature ─► Dense(17, sigmoid, float32) ─► attribute probabilities
+
+C is the number of input channels (``normalization``: log counts, contrast, measured fraction;
+the paper's network has one). :func:`build_network` adds the optional beam-centre head and
+beam-region branch.
 
 :func:`build_backbone` with ``width_multiplier=1`` builds exactly
 ``keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
@@ -15,6 +19,7 @@ keeps the block layout (3, 4, 6, 3 bottlenecks), so the network stays a ResNet-5
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
@@ -25,6 +30,7 @@ STEM_FILTERS = 64
 EXPANSION = 4  # a bottleneck's output has 4× its inner width
 BN_EPSILON = 1.001e-5  # as keras.applications.resnet
 BACKBONE_NAME = "resnet50"  # the backbone's layer name inside the classifier
+BEAM_MAP_LAYER = "conv3_block4_out"  # stride 8: 16 × 16 cells at 128 px, where the beam-centre heatmap is read
 
 
 def scaled(filters: int, width_multiplier: float) -> int:
@@ -90,16 +96,202 @@ def build_backbone(input_size: int, width_multiplier: float = 1.0, channels: int
 
 
 def build_classifier(backbone: keras.Model, num_attributes: int = NUM_ATTRIBUTES) -> keras.Model:
-    """Backbone + sigmoid head: (B, S, S, 1) normalised image → (B, num_attributes) probabilities.
+    """Backbone + sigmoid head: (B, S, S, C) input channels → (B, num_attributes) probabilities (the paper's network).
 
-    The head is kept in float32 under a ``mixed_float16`` policy so that the
-    probabilities and the loss are computed in full precision.
+    The head is kept in float32 under a ``mixed_float16`` policy so that the probabilities and the
+    loss are computed in full precision.
     """
     inputs = keras.Input(backbone.input_shape[1:], name="image")
-    features = backbone(inputs)
     probabilities = layers.Dense(num_attributes, activation="sigmoid", dtype="float32",
-                                 name="attributes")(features)
+                                 name="attributes")(backbone(inputs))
     return keras.Model(inputs, probabilities, name="resnet_attributes")
+
+
+class SoftArgmax2D(layers.Layer):
+    """(B, H, W, 1) logits → (B, 2) float32 expected (x, y) under their softmax over the map, as fractions
+    of its width and height (pixel centres at (index + 0.5) / size): a differentiable peak position."""
+
+    def call(self, logits):
+        logits = tf.cast(logits, tf.float32)
+        height, width = logits.shape[1], logits.shape[2]
+        weights = tf.reshape(tf.nn.softmax(tf.reshape(logits, (-1, height * width)), axis=-1), (-1, height, width))
+        xs = (tf.range(width, dtype=tf.float32) + 0.5) / width
+        ys = (tf.range(height, dtype=tf.float32) + 0.5) / height
+        return tf.stack([tf.reduce_sum(weights * xs[None, None, :], axis=[1, 2]),
+                         tf.reduce_sum(weights * ys[None, :, None], axis=[1, 2])], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2)
+
+
+def sample_window(images: tf.Tensor, centre: tf.Tensor, window: float, crop: int) -> tf.Tensor:
+    """Bilinear samples of a square window of each image: (B, D, D, C), centres (B, 2) (x, y) as fractions of D,
+    window side as a fraction of D → (B, crop, crop, C), 0 outside the image.
+
+    Written with gathers rather than ``tf.image.crop_and_resize``, which XLA cannot compile.
+    """
+    size = images.shape[1]
+    offsets = ((tf.range(crop, dtype=tf.float32) + 0.5) / crop - 0.5) * window
+    columns = (centre[:, 0:1] + offsets[None, :]) * size - 0.5  # (B, crop) pixel coordinates
+    rows = (centre[:, 1:2] + offsets[None, :]) * size - 0.5
+
+    def corners(coords):
+        low = tf.floor(coords)
+        frac = coords - low
+        low = tf.cast(low, tf.int32)
+        out = []
+        for index, weight in ((low, 1.0 - frac), (low + 1, frac)):
+            inside = tf.cast((index >= 0) & (index < size), tf.float32)
+            out.append((tf.clip_by_value(index, 0, size - 1), weight * inside))
+        return out
+
+    result = 0.0
+    for row_index, row_weight in corners(rows):
+        picked_rows = tf.gather(images, row_index, axis=1, batch_dims=1)  # (B, crop, D, C)
+        for column_index, column_weight in corners(columns):
+            picked = tf.gather(picked_rows, column_index, axis=2, batch_dims=1)  # (B, crop, crop, C)
+            result += picked * (row_weight[:, :, None, None] * column_weight[:, None, :, None])
+    return result
+
+
+class BeamWindow(layers.Layer):
+    """The window of the detail image around the beam centre, resampled to ``crop`` × ``crop`` px.
+
+    Inputs: detail (B, D, D, C), the centre to use (B, 2) (x, y) as fractions of the side, NaN where the
+    network's own estimate (B, 2) is to be used instead (always at inference; during training for
+    images whose beam is off the image). The window's side is ``window`` × D; outside the image it is 0
+    (nothing measured, as padding).
+    """
+
+    def __init__(self, crop: int, window: float, **kwargs):
+        super().__init__(**kwargs)
+        self.crop, self.window = int(crop), float(window)
+
+    def call(self, detail, given, estimate):
+        given = tf.cast(given, tf.float32)
+        centre = tf.where(tf.math.is_finite(given), given, tf.stop_gradient(tf.cast(estimate, tf.float32)))
+        crops = sample_window(tf.cast(detail, tf.float32), centre, self.window, self.crop)
+        return tf.cast(crops, self.compute_dtype)
+
+    def compute_output_shape(self, detail_shape, given_shape=None, estimate_shape=None):
+        return (detail_shape[0], self.crop, self.crop, detail_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "crop": self.crop, "window": self.window}
+
+
+def build_detail_branch(crop: int, channels: int, name: str = "detail_branch") -> keras.Model:
+    """A small CNN on the beam window: (B, crop, crop, C) → (B, 192) average- and max-pooled features.
+
+    Five 3 × 3 convolutions (16, 32, 48, 64, 96 filters, the last four with stride 2), each with batch
+    normalisation and ReLU: cheap beside the backbone (a 64-px window costs ~3 % of a width-0.25
+    ResNet-50 at 128 px), and at full detail where the backbone's input is coarse.
+    """
+    inputs = keras.Input((crop, crop, channels), name="window")
+    x = inputs
+    for i, (filters, stride) in enumerate(((16, 1), (32, 2), (48, 2), (64, 2), (96, 2)), start=1):
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    pooled = layers.Concatenate(name=f"{name}_pool")([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
+    return keras.Model(inputs, pooled, name=name)
+
+
+def build_network(input_size: int, width_multiplier: float, channels: int, *, beam_head: bool = False,
+                  detail_size: int = 0, detail_crop: int = 64, detail_window: float = 0.25,
+                  num_attributes: int = NUM_ATTRIBUTES) -> keras.Model:
+    """The tagging network: the ResNet-50 backbone, optionally with a beam-centre head and a beam-region branch.
+
+    Without either it is :func:`build_classifier`. With them::
+
+        image (S, S, C) ─► backbone ─► pooled features ───────────────────────────┐
+                              └─ conv3 map (stride 8) ─► 3×3 conv ─► 1×1 ─► soft-argmax ─► beam (x, y)
+        detail (D, D, C), centre (2,) ─► BeamWindow(beam) ─► detail branch ─► features ┤
+                                                                                   └─► Dense(17, sigmoid)
+
+    The beam centre comes from a heatmap over the stride-8 feature map (a position is what a map
+    says, and a pooled feature forgets it). The beam region — beamstop, direct beam, the strongest
+    low-q scattering — is where several attributes live and where a 128-px view of a 1000-px frame
+    has the fewest pixels, so the detail branch looks at a window of ``detail_window`` of the image
+    around the estimated centre, taken from the image at ``detail_size`` px.
+
+    Inputs: ``image`` (B, S, S, C); with the detail branch also ``detail`` (B, D, D, C) and ``centre``
+    (B, 2) (NaN → the network's own estimate). Outputs: the (B, 17) probabilities, or with the beam head
+    ``{"attributes": (B, 17), "beam": (B, 2)}`` (fractions of the image side).
+    """
+    if detail_size and not beam_head:
+        raise ValueError("the detail branch needs the beam head (it looks around the estimated beam centre). "
+                         f"Received: detail_size={detail_size}, beam_head={beam_head}")
+    backbone = build_backbone(input_size, width_multiplier, channels)
+    if not beam_head:
+        return build_classifier(backbone, num_attributes)
+    trunk = keras.Model(backbone.input, [backbone.output, backbone.get_layer(BEAM_MAP_LAYER).output],
+                        name=BACKBONE_NAME)
+    image = keras.Input((input_size, input_size, channels), name="image")
+    features, beam_map = trunk(image)
+    heat = layers.Conv2D(32, 3, padding="same", activation="relu", name="beam_map_conv")(beam_map)
+    heat = layers.Conv2D(1, 1, dtype="float32", name="beam_map_logits")(heat)
+    beam = SoftArgmax2D(dtype="float32", name="beam")(heat)
+    inputs = {"image": image}
+    if detail_size:
+        detail = keras.Input((detail_size, detail_size, channels), name="detail")
+        centre = keras.Input((2,), name="centre")
+        window = BeamWindow(detail_crop, detail_window, name="beam_window")(detail, centre, beam)
+        features = layers.Concatenate(name="features_and_detail")(
+            [features, build_detail_branch(detail_crop, channels)(window)])
+        inputs.update(detail=detail, centre=centre)
+    probabilities = layers.Dense(num_attributes, activation="sigmoid", dtype="float32", name="attributes")(features)
+    return keras.Model(inputs, {"attributes": probabilities, "beam": beam}, name="resnet_attributes")
+
+
+def feature_extractor(network: keras.Model) -> keras.Model:
+    """The backbone of a network as (B, S, S, C) → (B, F) pooled features (the SVMs' and 15-crop features)."""
+    backbone = network.get_layer(BACKBONE_NAME)
+    if len(backbone.outputs) == 1:
+        return backbone
+    return keras.Model(backbone.input, backbone.outputs[0], name=f"{BACKBONE_NAME}_features")
+
+
+def attribute_probabilities(outputs):
+    """The (B, A) probabilities of a classifier's outputs (the whole output, or its ``attributes``)."""
+    return outputs["attributes"] if isinstance(outputs, dict) else outputs
+
+
+def batch_norm_layers(model: keras.Model) -> list:
+    """Every BatchNormalization layer of a model, nested models included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found += batch_norm_layers(layer)
+    return found
+
+
+def recalibrate_batch_norm(model: keras.Model, batches) -> int:
+    """Recompute every batch-norm layer's moving mean and variance as the average of its batch statistics
+    over ``batches`` (model inputs, e.g. a few hundred training images), for the weights the model has now.
+
+    During training the moving statistics trail the weights (they average batches seen with older
+    weights, at momentum 0.99), so with small batches the validation score of one epoch to the next
+    swings with them; recomputed for the final weights, they describe those weights. Call it on a
+    model outside any distribution strategy (``ResNetTask.plain_copy``).
+
+    Returns:
+        The number of batches used.
+    """
+    bn_layers = batch_norm_layers(model)
+    momenta = [layer.momentum for layer in bn_layers]
+    count = 0
+    try:
+        for count, batch in enumerate(batches, start=1):
+            for layer in bn_layers:
+                layer.momentum = (count - 1) / count  # the running mean over batches: 0, 1/2, 2/3 …
+            model(batch, training=True)
+    finally:
+        for layer, momentum in zip(bn_layers, momenta):
+            layer.momentum = momentum
+    return count
 
 
 def first_conv_kernel(backbone: keras.Model):

@@ -18,6 +18,7 @@ from xrayscatter.dataset import naming_bad_shards, shard_paths
 from xrayscatter.files import write_atomically
 from xrayscatter.metrics import HOLDOUT_AP_RULE, mean_average_precision
 from xrayscatter.resnet.data import make_dataset, make_label_dataset
+from xrayscatter.resnet.model import attribute_probabilities
 
 PAPER_HOLDOUT_MAP = 77.1  # Wang et al., WACV 2017, Table 3: ResNet-50 on the synthetic hold-out
 
@@ -27,7 +28,7 @@ def predict_split(model: keras.Model, config, split: str) -> tuple[np.ndarray, n
     paths = shard_paths(config, split)
     images = make_dataset(config, split, training=False, paths=paths).map(lambda x, y: x)
     with naming_bad_shards(paths):
-        probabilities = model.predict(images, verbose=0)
+        probabilities = attribute_probabilities(model.predict(images, verbose=0))
         labels = np.stack([y.numpy() for y in make_label_dataset(config, split, paths=paths)])
     return np.asarray(probabilities, np.float32), labels
 
@@ -36,13 +37,16 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict) -> tuple[Path, Path]:
+def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict,
+                         decisions: dict | None = None) -> tuple[Path, Path]:
     """Per-attribute AP and mAP on the test split → ``<report_dir>/<pipeline>/resnet_holdout.{json,md}``.
 
     Args:
         ap: (A,) AP per attribute, NaN where not measurable.
         labels: (N, A) test labels.
         extra: more entries of the JSON record (the training record).
+        decisions: per attribute, the exported decision threshold, the rule that chose it on the
+            validation split, and the precision and recall it gives on the test split.
     """
     folder = Path(config.evaluate.report_dir) / config.name
     present = np.isfinite(ap)
@@ -56,7 +60,8 @@ def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict
         "mAP": mean_ap,
         "num_attributes_in_mean": int(present.sum()),
         "ap_rule": HOLDOUT_AP_RULE,
-        "attributes": {name: {"ap": float(ap[a]) if present[a] else None, "positives": int(positives[a])}
+        "attributes": {name: {"ap": float(ap[a]) if present[a] else None, "positives": int(positives[a]),
+                              **((decisions or {}).get(name, {}))}
                        for a, name in enumerate(ATTRIBUTES)},
         "paper_mAP": PAPER_HOLDOUT_MAP,
         "config": config.to_dict(),
@@ -76,10 +81,19 @@ def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict
         f"| ResNet-50, paper (Wang et al. 2017, Table 3; 100,000 images, 224 px) | {PAPER_HOLDOUT_MAP:.1f} |",
         f"| ResNet, this run | {percent(mean_ap)} |",
         "",
-        "| attribute | positives | AP (%) |",
-        "|---|---|---|",
     ]
-    lines += [f"| {name} | {positives[a]} | {percent(float(ap[a]) if present[a] else None)} |"
-              for a, name in enumerate(ATTRIBUTES)]
+    if decisions:
+        lines += ["Decision thresholds are chosen on the validation split (the rule column); precision and "
+                  "recall are those the threshold gives on the test split.", "",
+                  "| attribute | positives | AP (%) | threshold | rule | precision (%) | recall (%) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {positives[a]} | {percent(float(ap[a]) if present[a] else None)} | "
+                  f"{decisions[name]['threshold']:.2f} | {decisions[name]['rule']} | "
+                  f"{percent(decisions[name]['precision'])} | {percent(decisions[name]['recall'])} |"
+                  for a, name in enumerate(ATTRIBUTES)]
+    else:
+        lines += ["| attribute | positives | AP (%) |", "|---|---|---|"]
+        lines += [f"| {name} | {positives[a]} | {percent(float(ap[a]) if present[a] else None)} |"
+                  for a, name in enumerate(ATTRIBUTES)]
     md_path = write_atomically(folder / "resnet_holdout.md", "\n".join(lines) + "\n")
     return json_path, md_path

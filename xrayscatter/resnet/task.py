@@ -1,16 +1,22 @@
 """The ResNet's training task: the one place that builds its model, inputs, loss, metrics and optimizer.
 
-    inputs     resnet/data.make_dataset of the train split (per replica, this worker's shards)
-    model      resnet/model backbone + sigmoid head; mixed_float16 when ``resnet.mixed_precision``
-    loss       Σ over the 17 attributes of binary cross-entropy, per image
+    inputs     resnet/data.make_dataset of the train split (per replica, this worker's shards):
+               ``resnet.input_channels``, gaps shown missing or as 0 counts, crops, flips, rotations
+    model      resnet/model backbone + sigmoid head (+ the beam-centre head when
+               ``resnet.beam_centre_weight`` > 0); mixed_float16 when ``resnet.mixed_precision``
+    loss       Σ over the 17 attributes of binary cross-entropy, per image, + beam_centre_weight ×
+               the beam centre's mean absolute error (in image sides; records without one add 0)
     optimizer  AdamW, linear warm-up over 5 % of the steps then cosine decay to 1 % of the peak,
                decoupled weight decay ``resnet.weight_decay`` (biases and batch-norm parameters
-               excluded); wrapped in a LossScaleOptimizer under mixed precision
+               excluded), an exponential moving average of the weights when ``resnet.weight_averaging``;
+               wrapped in a LossScaleOptimizer under mixed precision
     metrics    streaming area under the PR curve per attribute, averaged (``pr_auc``)
-    fit        validation AP per attribute and mAP every epoch, TensorBoard figures, the best
-               ``val_mAP`` checkpoint (``<run>/best.weights.h5``), restored after training
-    export     hold-out AP on the test split → reports/<pipeline>/resnet_holdout.{json,md};
-               best-F1 thresholds on the validation split; saved_models/resnet/<version>/
+    fit        validation AP per attribute and mAP every epoch, TensorBoard figures
+    export     the final weights (not a best-epoch pick: a stable schedule makes the last epoch the
+               one to ship), batch-norm statistics recomputed over ``resnet.batch_norm_images``
+               training images; hold-out AP on the test split → reports/<pipeline>/resnet_holdout.{json,md};
+               thresholds for a stated precision on the validation split, with their test precision
+               and recall; saved_models/resnet/<version>/
 
 :func:`xrayscatter.train.train` runs it (``train("resnet", config)``) with ``fit`` or the multi-worker loop.
 """
@@ -26,21 +32,35 @@ from rich.console import Console
 from xrayscatter.attributes import ATTRIBUTES, NUM_ATTRIBUTES
 from xrayscatter.base_task import TRAINING_LOG, Task, best_logged
 from xrayscatter.dataset import naming_bad_shards, shard_paths, split_size
-from xrayscatter.metrics import average_precisions, best_f1_thresholds, mean_average_precision
+from xrayscatter.metrics import average_precisions, mean_average_precision, precision_recall_at, precision_thresholds
 from xrayscatter.resnet.callbacks import TensorBoardFigures, ValidationMetrics
 from xrayscatter.resnet.data import make_dataset
 from xrayscatter.resnet.export import export_resnet
-from xrayscatter.resnet.model import BACKBONE_NAME, build_backbone, build_classifier
+from xrayscatter.resnet.model import build_network, feature_extractor, recalibrate_batch_norm
 from xrayscatter.resnet.report import percent, predict_split, write_holdout_report
 
-BEST_WEIGHTS = "best.weights.h5"
-THRESHOLDS_RULE = "per attribute, the best-F1 threshold on the validation split (0.5 when it cannot choose)"
+CALIBRATION_BATCH = 64
+
+
+def thresholds_rule(precision: float, floor: float) -> str:
+    return (f"per attribute on the validation split: the lowest threshold ≥ {floor:g} with precision ≥ {precision:g}; "
+            f"where none reaches it, the best-F1 threshold ≥ {floor:g}; 0.5 where the split cannot choose")
 
 
 def summed_binary_crossentropy(y_true, y_pred):
     """(B, A) labels, (B, A) probabilities → (B,) Σ over attributes of binary cross-entropy."""
     y_true = keras.ops.cast(y_true, y_pred.dtype)
     return keras.ops.sum(keras.ops.binary_crossentropy(y_true, y_pred), axis=-1)
+
+
+def beam_centre_error(y_true, y_pred):
+    """(B, 2) true and estimated beam centres (fractions of the image side; NaN: unknown) → (B,) |Δx| + |Δy|
+    for beams on the image, 0 elsewhere (the heatmap can only point inside; "off" is an attribute)."""
+    y_true = keras.ops.cast(y_true, "float32")
+    on_image = keras.ops.all(keras.ops.isfinite(y_true) & (y_true >= 0.0) & (y_true <= 1.0), axis=-1)
+    error = keras.ops.sum(keras.ops.abs(keras.ops.where(keras.ops.isfinite(y_true), y_true, 0.0)
+                                        - keras.ops.cast(y_pred, "float32")), axis=-1)
+    return keras.ops.where(on_image, error, 0.0)
 
 
 def learning_rate_schedule(config, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -71,21 +91,33 @@ class ResNetTask(Task):
     def jit_compile(self) -> bool:
         return bool(self.settings.xla)
 
+    @property
+    def beam_head(self) -> bool:
+        return self.settings.beam_centre_weight > 0
+
     # ------------------------------------------------------------------ builders
+    def _classifier(self) -> keras.Model:
+        settings = self.settings
+        return build_network(settings.input_size, settings.width_multiplier, len(settings.input_channels),
+                             beam_head=self.beam_head, detail_size=settings.detail_size if self.beam_head else 0,
+                             detail_crop=settings.detail_crop, detail_window=settings.detail_window)
+
     def build_model(self) -> keras.Model:
-        """Backbone + sigmoid head, (B, S, S, 1) normalised images → (B, 17) probabilities."""
+        """Backbone + heads: (B, S, S, C) input channels → (B, 17) probabilities (and the beam centre)."""
         previous = keras.config.dtype_policy()
         if self.settings.mixed_precision:
             keras.config.set_dtype_policy("mixed_float16")
         try:
-            return build_classifier(build_backbone(self.settings.input_size, self.settings.width_multiplier))
+            return self._classifier()
         finally:
             keras.config.set_dtype_policy(previous)
 
     def build_optimizer(self, model: keras.Model, total_steps: int):
         optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(self.config, total_steps),
-                                           weight_decay=self.settings.weight_decay)
+                                           weight_decay=self.settings.weight_decay,
+                                           use_ema=self.settings.weight_averaging, ema_momentum=0.99)
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        self._averaging_optimizer = optimizer if self.settings.weight_averaging else None
         if self.settings.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
@@ -93,57 +125,94 @@ class ResNetTask(Task):
     def build_inputs(self, input_context=None):
         return make_dataset(self.config, "train", training=True, input_context=input_context)
 
-    def per_example_loss(self, targets, outputs):
-        return summed_binary_crossentropy(targets, outputs)
+    def _beam_loss(self, targets, outputs):
+        return self.settings.beam_centre_weight * beam_centre_error(targets, outputs)
 
-    def build_metrics(self) -> list:
+    def per_example_loss(self, targets, outputs):
+        if not self.beam_head:
+            return summed_binary_crossentropy(targets, outputs)
+        return (summed_binary_crossentropy(targets["attributes"], outputs["attributes"])
+                + self._beam_loss(targets["beam"], outputs["beam"]))
+
+    def compile_loss(self):
+        if not self.beam_head:
+            return self.per_example_loss
+        return {"attributes": summed_binary_crossentropy, "beam": self._beam_loss}
+
+    def build_metrics(self):
         # Streaming area under the PR curve per attribute, averaged: the training-set mAP estimate.
-        return [keras.metrics.AUC(curve="PR", multi_label=True, num_labels=NUM_ATTRIBUTES, name="pr_auc")]
+        pr_auc = [keras.metrics.AUC(curve="PR", multi_label=True, num_labels=NUM_ATTRIBUTES, name="pr_auc")]
+        return {"attributes": pr_auc} if self.beam_head else pr_auc
 
     def input_errors(self):
         return naming_bad_shards(self.train_paths)
 
     # ------------------------------------------------------------------ fit route
     def fit_callbacks(self, model, run_dir: Path, resumed: bool) -> list:
-        validation = ValidationMetrics(self.config, shard_paths(self.config, "val"))
-        best = keras.callbacks.ModelCheckpoint(
-            str(run_dir / BEST_WEIGHTS), monitor="val_mAP", mode="max", save_best_only=True, save_weights_only=True,
-            initial_value_threshold=best_logged(run_dir / TRAINING_LOG, "val_mAP") if resumed else None)
-        return [validation, TensorBoardFigures(run_dir, validation), best]
+        validation = ValidationMetrics(self.config, shard_paths(self.config, "val"),
+                                       evaluation_model=self.evaluation_copy)
+        return [validation, TensorBoardFigures(run_dir, validation)]
 
     # ------------------------------------------------------------------ after training
     def after_training(self, model, run_dir: Path, record: dict) -> dict:
-        """After ``fit``, back to the weights of the best validation mAP (the loop route does not validate)."""
-        best = run_dir / BEST_WEIGHTS
-        if record["route"] == "fit" and best.is_file():
-            model.load_weights(str(best))
-        return {"best_val_mAP": best_logged(run_dir / TRAINING_LOG, "val_mAP") if record["route"] == "fit" else None}
+        """The weights to ship are the final ones (their moving average with ``resnet.weight_averaging``)."""
+        if getattr(self, "_averaging_optimizer", None) is not None:  # both routes: the average replaces the weights
+            self._averaging_optimizer.finalize_variable_values(model.trainable_variables)
+        logged = record["route"] == "fit"
+        return {"best_val_mAP": best_logged(run_dir / TRAINING_LOG, "val_mAP") if logged else None,
+                "final_val_mAP": (record.get("history", {}).get("val_mAP") or [None])[-1] if logged else None}
 
     def plain_copy(self, model: keras.Model) -> tuple[keras.Model, keras.Model]:
         """A float32 (classifier, backbone) pair outside any strategy, holding ``model``'s weights."""
-        backbone = build_backbone(self.settings.input_size, self.settings.width_multiplier)
-        copy = build_classifier(backbone)
+        copy = self._classifier()
         copy.set_weights(model.get_weights())
-        return copy, copy.get_layer(BACKBONE_NAME)
+        return copy, feature_extractor(copy)
+
+    def calibration_batches(self) -> list:
+        """``resnet.batch_norm_images`` training images as the network sees them at evaluation (no augmentation),
+        in batches of ``CALIBRATION_BATCH`` (made once)."""
+        if not hasattr(self, "_calibration"):
+            count = self.settings.batch_norm_images
+            images = make_dataset(self.config, "train", training=False, paths=self.train_paths).map(lambda x, y: x)
+            images = images.unbatch().take(count).batch(CALIBRATION_BATCH)
+            with naming_bad_shards(self.train_paths):
+                self._calibration = [batch for batch in images] if count else []
+        return self._calibration
+
+    def evaluation_copy(self, model: keras.Model) -> keras.Model:
+        """A plain copy of ``model`` whose batch-norm statistics are recomputed for its weights
+        (:func:`resnet.model.recalibrate_batch_norm`); what validation, the hold-out report and the export use."""
+        copy, _ = self.plain_copy(model)
+        recalibrate_batch_norm(copy, self.calibration_batches())
+        return copy
 
     def export(self, model, record: dict) -> dict:
-        """Hold-out AP on the test split, best-F1 thresholds on val, SavedModel; one line on stderr.
+        """Hold-out AP on the test split, thresholds on val, SavedModel; one line on stderr.
 
         Returns ``holdout_mAP``, ``holdout_ap`` (per attribute; None where not measurable), ``saved_model``,
         ``report_json``, ``report_md``.
         """
-        classifier, backbone = self.plain_copy(model)
+        classifier = self.evaluation_copy(model)
+        backbone = feature_extractor(classifier)
         val_probabilities, val_labels = predict_split(classifier, self.config, "val")
         test_probabilities, test_labels = predict_split(classifier, self.config, "test")
         ap = average_precisions(test_labels, test_probabilities)
         present = np.isfinite(ap)
         holdout_map = mean_average_precision(ap)
-        json_path, md_path = write_holdout_report(self.config, ap, test_labels, {"training": record})
-        thresholds = best_f1_thresholds(val_labels, val_probabilities, default=0.5)
+        precision, floor = self.settings.threshold_precision, self.settings.threshold_floor
+        thresholds, rules = precision_thresholds(val_labels, val_probabilities, precision, floor)
+        test_precision, test_recall = precision_recall_at(test_labels, test_probabilities, thresholds)
+        decisions = {name: {"threshold": float(thresholds[a]), "rule": rules[a],
+                            "precision": None if np.isnan(test_precision[a]) else float(test_precision[a]),
+                            "recall": None if np.isnan(test_recall[a]) else float(test_recall[a])}
+                     for a, name in enumerate(ATTRIBUTES)}
+        json_path, md_path = write_holdout_report(self.config, ap, test_labels, {"training": record}, decisions)
         saved = export_resnet(classifier, backbone, self.config, {
             "thresholds": dict(zip(ATTRIBUTES, (float(t) for t in thresholds))),
-            "thresholds_rule": THRESHOLDS_RULE,
-            "holdout": {"mAP": holdout_map, "split": "test", "num_images": int(len(test_labels))},
+            "thresholds_rule": thresholds_rule(precision, floor),
+            "holdout": {"mAP": holdout_map, "split": "test", "num_images": int(len(test_labels)),
+                        "ap": {name: (float(ap[a]) if present[a] else None) for a, name in enumerate(ATTRIBUTES)},
+                        "decisions": decisions},
             "training": record,
         })
         Console(stderr=True).print(

@@ -26,7 +26,8 @@ MAX_ATTEMPTS = 20  # redraws (deterministic) until an image carries at least one
 
 @dataclass
 class SimulatedImage:
-    """counts: (H, W) float32 integer-valued counts in [0, 65535]; labels: 17 ints."""
+    """counts: (H, W) float32 integer-valued counts in [0, 65535]; labels: 17 ints;
+    valid: (H, W) bool light-sensitive pixels; beam_xy: beam centre (x, y) px, may be off the image."""
 
     counts: np.ndarray
     tags: list[str]
@@ -34,6 +35,8 @@ class SimulatedImage:
     run_id: int
     image_id: int
     params: dict
+    valid: np.ndarray
+    beam_xy: tuple[float, float]
 
 
 def _log_uniform(rng, lo, hi):
@@ -180,7 +183,9 @@ def simulate_image(seed: int, image_id: int, *, images_per_run: int, image_size:
         "simulator_version": SIMULATOR_VERSION, "seed": int(seed), "image_id": int(image_id),
         "run": maps.params, "image": {**image_record, "defects": defects}, "evidence": evidence, "tags": tags,
     }
-    return SimulatedImage(counts, tags, multi_hot(tags), run_id, int(image_id), params)
+    g = maps.geometry
+    return SimulatedImage(counts, tags, multi_hot(tags), run_id, int(image_id), params, maps.valid,
+                          (float(g.beam_x), float(g.beam_y)))
 
 
 def simulate_image_from_config(sim_config, seed: int, image_id: int) -> SimulatedImage:

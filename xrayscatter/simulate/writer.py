@@ -123,7 +123,7 @@ def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) 
             for image_id in shard.image_ids:
                 image = simulate_image_from_config(config.simulate, config.seed, image_id)
                 writer.write(serialize_example(image.counts, image.labels, image.run_id, image.image_id,
-                                               image.params))
+                                               image.params, mask=image.valid, beam_xy=image.beam_xy))
                 counts += np.asarray(image.labels)
                 runs.add(image.run_id)
                 if progress_queue is not None:
