@@ -109,7 +109,9 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
         metrics["hierarchical"] = {
             name: {**summarize(r.hierarchical.fold_ap, r.hierarchical.fold_status, r.hierarchical.scores,
                                data.labels, data.runs, data.attributes),
-                   "group_accuracy": _nanmean(r.group_accuracy)}
+                   "group_accuracy": _nanmean(r.group_accuracy), "group_majority_rate": _nanmean(r.group_majority),
+                   "group_classifier_folds": int(np.sum(r.group_classifier_used)),
+                   "folds": int(np.sum(~np.isnan(r.group_accuracy)))}
             for name, r in results.items()}
     gallery_set = next((s for s in (ev.export_feature_set, *ev.feature_sets, *matrices) if s in results), None)
     timing["total_before_report_s"] = time.perf_counter() - start
