@@ -15,7 +15,8 @@ Elements are ``(inputs, targets)``. Without the beam-centre head: (b, S, S, C) f
 channels (``config.resnet.input_channels``, S = ``config.resnet.input_size``) and the (b, 17)
 float32 multi-hot labels. With it (``resnet.beam_centre_weight`` > 0): inputs ``{"image"}`` — and,
 with the beam-region branch (``resnet.detail_size`` = D > 0), ``"detail"`` (b, D, D, C), the same
-image at D px, from which the image is resized, and ``"centre"`` (b, 2), the beam centre the branch
+image at D px (both made from the one padded square of counts, so that each resize fills the gaps
+at its own scale), and ``"centre"`` (b, 2), the beam centre the branch
 looks around (training: the true one, jittered; NaN where the beam is off the image and at
 evaluation: the network's own estimate) — and targets ``{"attributes": labels, "beam": (b, 2)}``,
 the beam centre (x, y) as a fraction of the image's side, moved with the image by every crop,
@@ -28,7 +29,7 @@ import tensorflow as tf
 
 from xrayscatter.dataset import count_records, read_records, shard_paths
 from xrayscatter.distribute.strategy import share_of_files
-from xrayscatter.normalization import model_input, resize_square
+from xrayscatter.normalization import channels_from_square, model_input, square_log_and_valid
 from xrayscatter.schema import FEATURE_SPEC, parse_example
 
 # Training crops come from the image resized to 256/224 of the input size: the
@@ -103,14 +104,23 @@ def inputs_from_counts(counts: tf.Tensor, settings):
         return model_input(counts, settings.input_size, channels)
     if not settings.detail_size:
         return {"image": model_input(counts, settings.input_size, channels)}
-    return network_inputs(model_input(counts, settings.detail_size, channels), settings.input_size)
+    return network_inputs(*image_and_detail(counts, settings.input_size, settings.detail_size, channels))
 
 
-def network_inputs(detail: tf.Tensor, size: int) -> dict:
-    """Detail-resolution input channels (B, D, D, C) → the network's inputs at evaluation: the image resized
-    to (B, size, size, C), the detail itself, and no given centre (NaN: the network uses its own estimate)."""
+def image_and_detail(counts: tf.Tensor, size: int, detail_size: int, channels) -> tuple[tf.Tensor, tf.Tensor]:
+    """(B, H, W) raw counts → the input channels at ``size`` and at ``detail_size`` px, both from the padded
+    square of counts (the image is not resized from the detail: the ``filled`` channel is a resize of the
+    measured pixels divided by a resize of the measured fraction, which fills a gap only at its own scale)."""
+    log_square, valid_square = square_log_and_valid(counts)
+    return (channels_from_square(log_square, valid_square, size, channels),
+            channels_from_square(log_square, valid_square, detail_size, channels))
+
+
+def network_inputs(image: tf.Tensor, detail: tf.Tensor) -> dict:
+    """Input channels (B, S, S, C) and the same at detail resolution (B, D, D, C) → the network's inputs at
+    evaluation: both, and no given centre (NaN: the network uses its own estimate)."""
     batch = tf.shape(detail)[0]
-    return {"image": resize_square(detail, size), "detail": detail, "centre": tf.fill((batch, 2), float("nan"))}
+    return {"image": image, "detail": detail, "centre": tf.fill((batch, 2), float("nan"))}
 
 
 def make_dataset(config, split: str, training: bool, input_context: tf.distribute.InputContext | None = None,
@@ -149,7 +159,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     gaps_missing = settings.gaps_missing_fraction if training else 1.0
     beam_head = settings.beam_centre_weight > 0
     detail_size = settings.detail_size if beam_head else 0
-    storage = tf.float16 if detail_size else tf.float32  # the detail images are what the cache holds
+    storage = tf.float16 if detail_size else tf.float32  # the cache holds the images and their detail
 
     def decode(serialized):
         record = parse_example(serialized)
@@ -158,22 +168,23 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
         # files: training shows both; evaluation shows them missing (mask is all 1 in v1 records).
         as_missing = tf.random.uniform(()) < gaps_missing if 0 < gaps_missing < 1 else tf.constant(gaps_missing > 0)
         counts = tf.where((mask > 0.5) | ~as_missing, counts, -1.0)
-        source = model_input(counts[None], detail_size or load_size, channels)[0]
         beam = beam_in_square(record["beam"], tf.shape(counts)[0], tf.shape(counts)[1])
-        return tf.cast(source, storage), record["labels"], beam
+        if not detail_size:
+            return model_input(counts[None], load_size, channels)[0], record["labels"], beam
+        image, detail = image_and_detail(counts[None], load_size, detail_size, channels)
+        return (tf.cast(image[0], storage), tf.cast(detail[0], storage)), record["labels"], beam
 
     def example(source, labels, beam):
-        """(network inputs, targets) from the decoded source image: crops, flips and turns when augmenting."""
-        source = tf.cast(source, tf.float32)
+        """(network inputs, targets) from the decoded image (and detail): crops, flips and turns when augmenting."""
         if not detail_size:
             image = source
             if augmentation:
                 image, beam = augment(image, beam, size)
             return ({"image": image} if beam_head else image), (
                 {"attributes": labels, "beam": beam} if beam_head else labels)
+        image, detail = (tf.cast(x, tf.float32) for x in source)
         if augmentation:
-            image = resize_square(source[None], load_size)[0]
-            image, image_beam, detail, detail_beam = augment(image, beam, size, source)
+            image, image_beam, detail, detail_beam = augment(image, beam, size, detail)
             # The true centre (jittered, as an estimate would be) while training; NaN where the beam is off
             # the image, so that the network learns to use its own estimate there, as it will at inference.
             on_image = tf.reduce_all((detail_beam >= 0.0) & (detail_beam <= 1.0))
@@ -181,7 +192,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
             inputs = {"image": image, "detail": detail,
                       "centre": tf.where(on_image, jittered, tf.fill((2,), float("nan")))}
             return inputs, {"attributes": labels, "beam": image_beam}
-        inputs = {k: v[0] for k, v in network_inputs(source[None], size).items()}
+        inputs = {k: v[0] for k, v in network_inputs(image[None], detail[None]).items()}
         return inputs, {"attributes": labels, "beam": beam}
 
     dataset = shard_records(paths, training, input_context)
