@@ -1805,7 +1805,8 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
     (folder / "results.md").write_text(_markdown(summary))
 
     formats = sorted({DETECTORS[r["detector"]].suffix for r in truth})
-    table = Table(title=f"ROC AUC and AP of the {tagging_model.score_name}s of {tagging_model.path} on {len(truth)} "
+    scores = "probabilities" if tagging_model.score_name == "probability" else "scores"
+    table = Table(title=f"ROC AUC and AP of the {scores} of {tagging_model.path} on {len(truth)} "
                         f"sasmodels files ({', '.join(formats)}; {len({r['detector'] for r in truth})} detector formats)")
     for column in ("attribute", "pos/neg/unk", "base", "AUC", "AP", "mean +/−"):
         table.add_column(column, justify="left" if column == "attribute" else "right", no_wrap=True)
