@@ -45,6 +45,20 @@ def mean_average_precision(ap: np.ndarray) -> float | None:
     return float(measured.mean()) if measured.size else None
 
 
+def _ranked_cuts(labels: np.ndarray, scores: np.ndarray, a: int):
+    """Attribute ``a``'s known images ranked by score, or None when they hold one class only: (sorted scores,
+    cumulative true positives, images kept, number of positives, the candidate cuts (midway to the next
+    lower score, the lowest score itself at the end), whether each rank is the last of its tie)."""
+    y, s = _known(labels, scores, a)
+    if y.sum() == 0 or y.sum() == y.size:
+        return None
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    cuts = np.r_[0.5 * (s_sorted[:-1] + s_sorted[1:]), s_sorted[-1:]]
+    return s_sorted, np.cumsum(y_sorted), np.arange(1, len(s_sorted) + 1), y.sum(), cuts, last_of_tie
+
+
 def best_f1_thresholds(labels: np.ndarray, scores: np.ndarray, default: float = 0.5) -> np.ndarray:
     """Per attribute, the decision threshold maximising F1 on these scores (``decision = score >= threshold``).
 
@@ -65,18 +79,12 @@ def best_f1_thresholds(labels: np.ndarray, scores: np.ndarray, default: float = 
     scores = np.asarray(scores, np.float64)
     thresholds = np.full(labels.shape[1], float(default))
     for a in range(labels.shape[1]):
-        y, s = _known(labels, scores, a)
-        if y.sum() == 0 or y.sum() == y.size:
+        ranked = _ranked_cuts(labels, scores, a)
+        if ranked is None:
             continue
-        order = np.argsort(-s, kind="stable")
-        s_sorted, y_sorted = s[order], y[order]
-        true_pos = np.cumsum(y_sorted)
-        predicted = np.arange(1, len(s_sorted) + 1)
-        f1 = 2 * true_pos / (predicted + y.sum())
-        last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-        f1[~last_of_tie] = -1
-        k = int(np.argmax(f1))
-        thresholds[a] = s_sorted[k] if k + 1 == len(s_sorted) else 0.5 * (s_sorted[k] + s_sorted[k + 1])
+        _, true_pos, kept, positives, cuts, last_of_tie = ranked
+        f1 = np.where(last_of_tie, 2 * true_pos / (kept + positives), -1)
+        thresholds[a] = cuts[int(np.argmax(f1))]
     return thresholds
 
 
@@ -108,21 +116,15 @@ def precision_thresholds(labels: np.ndarray, scores: np.ndarray, precision: floa
     thresholds = np.full(labels.shape[1], max(float(default), float(floor)))
     rules = ["default"] * labels.shape[1]
     for a in range(labels.shape[1]):
-        y, s = _known(labels, scores, a)
-        if y.sum() == 0 or y.sum() == y.size:
+        ranked = _ranked_cuts(labels, scores, a)
+        if ranked is None:
             continue
-        order = np.argsort(-s, kind="stable")
-        s_sorted, y_sorted = s[order], y[order]
-        last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-        cuts = np.where(np.arange(len(s_sorted)) + 1 == len(s_sorted), s_sorted,
-                        0.5 * (s_sorted + np.r_[s_sorted[1:], s_sorted[-1]]))
+        s_sorted, true_pos, kept, positives, cuts, last_of_tie = ranked
         usable = last_of_tie & (s_sorted >= floor)
         if not usable.any():
             continue
-        true_pos = np.cumsum(y_sorted)
-        kept = np.arange(1, len(s_sorted) + 1)
         cut_precision = true_pos / kept
-        f1 = 2 * true_pos / (kept + y.sum())
+        f1 = 2 * true_pos / (kept + positives)
         precise = usable & (cut_precision >= precision)
         if precise.any():
             k = int(np.flatnonzero(precise)[-1])  # the lowest such cut: most recall
