@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from detector_samples import write_bad_files, write_good_files
+
+# Files write_bad_files makes that read_detector_image rejects as "multi-frame" and predict tags frame by frame.
+MULTI_FRAME_BAD_FILES = {"stack.tif": 3, "two_frames.edf": 2, "stack.npy": 5}
 from helpers import shared_saved_models
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.cli import main
@@ -44,6 +47,7 @@ def test_bad_input_never_stops_the_batch(tmp_path, resnet_dir, capsys):
     folder = tmp_path / "beamline"
     good = write_good_files(folder)
     bad = write_bad_files(folder)
+    stacks = {name: frames for name, frames in MULTI_FRAME_BAD_FILES.items() if bad.pop(name) == "multi-frame"}
     output = tmp_path / "tags.csv"
 
     code, out, err = run_cli(["predict", str(folder), "--model", str(resnet_dir), "--output", str(output),
@@ -54,8 +58,11 @@ def test_bad_input_never_stops_the_batch(tmp_path, resnet_dir, capsys):
     for name, reason in bad.items():
         line = next((l for l in out.splitlines() if f" {name} " in l), None)
         assert line is not None and reason in line, f"{name} not reported with '{reason}'"
-    rows = {r["file"]: r for r in csv.DictReader(output.open())}
-    assert set(rows) == {str(folder / n) for n in list(good) + list(bad)}
+    rows = list(csv.DictReader(output.open()))
+    stack_rows = [(r["file"], r["frame"]) for r in rows if r["file"] in {str(folder / n) for n in stacks}]
+    assert sorted(stack_rows) == sorted((str(folder / n), str(k)) for n, count in stacks.items() for k in range(count))
+    rows = {r["file"]: r for r in rows}
+    assert set(rows) == {str(folder / n) for n in list(good) + list(bad) + list(stacks)}
     for name in good:
         row = rows[str(folder / name)]
         assert row["error"] == ""
@@ -64,8 +71,8 @@ def test_bad_input_never_stops_the_batch(tmp_path, resnet_dir, capsys):
         assert [int(row[f"{slug(a)}_decision"]) for a in ATTRIBUTES] == [int(p >= 0.5) for p in probabilities]
     for name, reason in bad.items():
         row = rows[str(folder / name)]
-        assert row["error"].startswith(reason) and row["bcc_probability"] == ""
-    assert f"{len(good)} tagged, {len(bad)} failed" in out
+        assert row["error"].startswith(reason) and row["bcc_probability"] == "" and row["frame"] == ""
+    assert f"{len(good) + sum(stacks.values())} tagged, {len(bad)} failed" in out
 
 
 def test_predictions_equal_the_model_on_each_image_alone(tmp_path, tagging_model):
