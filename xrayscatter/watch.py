@@ -422,9 +422,11 @@ def start_observer(directory: Path, tracker: Tracker, recursive: bool, poll: flo
             if event.is_directory:
                 return
             kind = event.event_type
-            if kind == "moved":
-                tracker.post("deleted", Path(os.fsdecode(event.src_path)))
-                tracker.post("moved", Path(os.fsdecode(event.dest_path)))
+            if kind == "moved":  # a rename: complete at once (with full events, src or dest may be "", outside)
+                if event.src_path:
+                    tracker.post("deleted", Path(os.fsdecode(event.src_path)))
+                if event.dest_path:
+                    tracker.post("moved", Path(os.fsdecode(event.dest_path)))
             elif kind in ("created", "modified"):
                 tracker.post("changed", Path(os.fsdecode(event.src_path)))
             elif kind == "closed":
@@ -435,7 +437,12 @@ def start_observer(directory: Path, tracker: Tracker, recursive: bool, poll: flo
     network = _network_file_system(directory)
     if poll is None and network is None:
         try:
-            observer = Observer()
+            try:  # Linux: a file renamed in from outside the folder is a move (complete), not a new file
+                from watchdog.observers.inotify import InotifyObserver
+
+                observer = InotifyObserver(generate_full_events=True)
+            except ImportError:
+                observer = Observer()
             observer.schedule(Handler(), str(directory), recursive=recursive)
             observer.start()
             return observer, f"file-system events ({type(observer).__name__.replace('Observer', '').lower()})"
