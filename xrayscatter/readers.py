@@ -271,9 +271,10 @@ def open_frames(path: str | Path, h5_path: str | None = None,
     Args:
         path: the file; its format comes from its first bytes (the name decides only for EDF/CBF
             headers fabio alone recognises and HDF5 files with a user block).
-        h5_path: in HDF5 files, the data set holding the frames ((N, H, W) or (H, W)); by default the
-            Eiger/NeXus layout (``/entry/data/data_*`` links or ``/entry/data/data``), the NeXus default
-            plot, or the file's only image-shaped data set.
+        h5_path: in HDF5 files, the data set holding the frames ((N, H, W) or (H, W)); files without it
+            are read in the Eiger/NeXus layout if they have it. By default: the Eiger/NeXus layout
+            (``/entry/data/data_*`` links or ``/entry/data/data``), the NeXus default plot, or the file's
+            only image-shaped data set.
         link_ready: for an Eiger master, says whether a linked data file is complete; data files it
             says are not are left out (``waiting_links``) instead of being reported (``watch``).
 
@@ -778,21 +779,22 @@ class _Hdf5Frames(FrameSource):
         self.header = _nexus_header(file)
         mask = file.get(EIGER_PIXEL_MASK)
         self._mask = np.asarray(mask[()]) != 0 if isinstance(mask, h5py.Dataset) and mask.ndim == 2 else None
-        if h5_path is not None:
-            item = file.get(h5_path)
-            if item is None:
-                raise _Reject(f"not an image (no data set '{h5_path}' in this HDF5 file)")
-            self._add(item, 0, f"'{h5_path}'", strict=True)
+        if h5_path is not None and file.get(h5_path) is not None:
+            self._add(file[h5_path], 0, f"'{h5_path}'", strict=True)
             return
-        group = file.get("/entry/data")
+        group = file.get("/entry/data")  # the Eiger/NeXus layout (also when --h5-path names what a master lacks)
         if isinstance(group, h5py.Group):
             names = sorted(n for n in group if re.fullmatch(r"data_\d+", n))
             if names:
+                self._gap_words = True
                 self._add_links(group, names, link_ready)
                 return
             if isinstance(group.get("data"), h5py.Dataset):
+                self._gap_words = True
                 self._add(group["data"], 0, "'/entry/data/data'", strict=True)
                 return
+        if h5_path is not None:
+            raise _Reject(f"not an image (no data set '{h5_path}' in this HDF5 file)")
         self._add(_nexus_default_signal(file) or _only_image_dataset(file), 0, "", strict=True)
 
     def _add(self, item, first: int, label: str, strict: bool = False) -> int:
