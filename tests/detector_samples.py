@@ -167,8 +167,6 @@ def write_eiger_series(folder: Path, prefix: str, frames: np.ndarray, per_file: 
     import hdf5plugin
 
     folder.mkdir(parents=True, exist_ok=True)
-    filters = (hdf5plugin.Bitshuffle(nelems=0, cname="lz4") if compression == "bitshuffle"
-               else {"compression": "gzip", "compression_opts": 4})
     master = folder / f"{prefix}_master.h5"
     count, height, width = frames.shape
     files = range(0, count, per_file)
@@ -197,14 +195,27 @@ def write_eiger_series(folder: Path, prefix: str, frames: np.ndarray, per_file: 
         for k, start in enumerate(files, start=1):
             name = f"{prefix}_data_{k:06d}.h5"
             data[f"data_{k:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
-            if k in missing_data_files:
-                continue
-            block = frames[start:start + per_file]
-            with h5py.File(folder / name, "w") as d:
-                dataset = d.create_dataset("/entry/data/data", data=block, chunks=(1, height, width), **filters)
-                dataset.attrs["image_nr_low"] = start + 1
-                dataset.attrs["image_nr_high"] = start + len(block)
+            if k not in missing_data_files:
+                write_eiger_data_file(folder, prefix, k, frames, per_file, compression)
     return master
+
+
+def write_eiger_data_file(folder: Path, prefix: str, k: int, frames: np.ndarray, per_file: int,
+                          compression: str = "bitshuffle") -> Path:
+    """Data file ``k`` (1-based) of a series: frames (k − 1)·per_file … as the Eiger writes them."""
+    import h5py
+    import hdf5plugin
+
+    filters = (hdf5plugin.Bitshuffle(nelems=0, cname="lz4") if compression == "bitshuffle"
+               else {"compression": "gzip", "compression_opts": 4})
+    start = (k - 1) * per_file
+    block = frames[start:start + per_file]
+    path = folder / f"{prefix}_data_{k:06d}.h5"
+    with h5py.File(path, "w") as d:
+        dataset = d.create_dataset("/entry/data/data", data=block, chunks=(1, *block.shape[1:]), **filters)
+        dataset.attrs["image_nr_low"] = start + 1
+        dataset.attrs["image_nr_high"] = start + len(block)
+    return path
 
 
 def corrupt_hdf5_frame(path: Path, frame: int, dataset: str = "/entry/data/data") -> None:

@@ -123,6 +123,41 @@ def test_watch_tags_files_another_process_writes_including_a_slow_one_and_a_bad_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["beamline", "live.html", "tags.jsonl"]
 
 
+WRITE_SERIES = """
+import sys, time
+from pathlib import Path
+from detector_samples import eiger_frames, write_eiger_data_file, write_eiger_series
+folder = Path(sys.argv[1])
+frames = eiger_frames(8)
+write_eiger_series(folder, "live", frames, per_file=2, missing_data_files=(2, 3, 4))  # the master comes first
+for k in (2, 3, 4):
+    time.sleep(0.8)
+    write_eiger_data_file(folder, "live", k, frames, per_file=2)
+"""
+
+
+def test_an_eiger_series_is_tagged_data_file_by_data_file_through_its_master(tmp_path, tagging_model):
+    folder, output = tmp_path / "eiger", tmp_path / "tags.jsonl"
+    folder.mkdir()
+    stop = threading.Event()
+    watch = FolderWatch(folder, tagging_model, output, quiet=True, settle=0.5)
+    thread = threading.Thread(target=watch.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: watch.started is not None, 60, "the watch started")
+        process = writer(WRITE_SERIES.replace("sys.argv[1]", repr(str(folder))))
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+        wait_for(lambda: len(lines_of(output)) >= 8, 60, "8 frames")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    records = lines_of(output)
+    assert [(Path(r["file"]).name, r["frame"]) for r in records] == [("live_master.h5", n) for n in range(8)]
+    assert all(r["error"] is None and r["header"]["distance_m"] == 2.5 for r in records)
+    assert len(watch.tracker._read_links) >= 3  # data files read once are not opened again for the next one
+
+
 WRITE_TIFFS = """
 import sys, time
 from pathlib import Path

@@ -501,8 +501,13 @@ class FrameReader:
         self.close()
 
 
-def tag_frames(model: "TaggingModel", reads: list[FrameRead]) -> list[ImageResult]:
+def tag_frames(model: "TaggingModel", reads: list[FrameRead], power_of_two: bool = False) -> list[ImageResult]:
     """Run the model on frames already read (one forward pass per frame shape); one result per read, in order.
+
+    Args:
+        power_of_two: split each shape's frames into batches of 16, 8, 4, 2, 1 (13 → 8 + 4 + 1). The first
+            forward pass of every new batch size builds its kernels (0.3–4 s on a busy 2-core machine); batches
+            of whatever size is ready (``watch``) would pay that again and again, these five sizes pay it once.
 
     A failed forward pass is reported on each of its frames; the other shapes go on.
     """
@@ -513,8 +518,20 @@ def tag_frames(model: "TaggingModel", reads: list[FrameRead]) -> list[ImageResul
         if read.counts is not None:
             groups.setdefault(read.counts.shape, []).append(i)
     for indices in groups.values():
-        run_batch(model, [(i, reads[i].counts) for i in indices], results)
+        while indices:
+            size = 1 << (len(indices).bit_length() - 1) if power_of_two else len(indices)
+            run_batch(model, [(i, reads[i].counts) for i in indices[:size]], results)
+            indices = indices[size:]
     return results
+
+
+def warm_up(model: "TaggingModel", shape: tuple[int, int] = (64, 64), batch_sizes=(1,)) -> None:
+    """Run every signature ``tag_frames`` uses once per batch size on zeros (the first call builds the kernels)."""
+    for size in batch_sizes:
+        zeros = np.zeros((size, *shape), np.float32)
+        model(zeros)
+        if model.has_beam_centre:
+            model.beam_centre(zeros)
 
 
 def run_batch(model: "TaggingModel", batch: list[tuple[int, np.ndarray]], results: list[ImageResult]) -> None:

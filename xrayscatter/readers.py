@@ -265,7 +265,8 @@ class _WholeFile(FrameSource):
 
 
 def open_frames(path: str | Path, h5_path: str | None = None,
-                link_ready: Callable[[Path], bool] | None = None) -> FrameSource:
+                link_ready: Callable[[Path], bool] | None = None,
+                known_links: dict[Path, tuple[int, int]] | None = None) -> FrameSource:
     """Open a detector file of any supported format for reading its frames one at a time.
 
     Args:
@@ -277,6 +278,8 @@ def open_frames(path: str | Path, h5_path: str | None = None,
             only image-shaped data set.
         link_ready: for an Eiger master, says whether a linked data file is complete; data files it
             says are not are left out (``waiting_links``) instead of being reported (``watch``).
+        known_links: for an Eiger master, data files whose frames were all read already → (first frame, count):
+            they are not opened again (their frames are listed but cannot be read: ``watch`` skips them).
 
     Raises:
         UnreadableImageError: the file as a whole cannot be read (the reason says why).
@@ -284,7 +287,7 @@ def open_frames(path: str | Path, h5_path: str | None = None,
     path = Path(path)
     try:
         size, head = _head(path)
-        return _open(path, size, head, h5_path, link_ready)
+        return _open(path, size, head, h5_path, link_ready, known_links)
     except _Reject as e:
         raise UnreadableImageError(path, str(e)) from None
 
@@ -338,7 +341,7 @@ def _head(path: Path) -> tuple[int, bytes]:
     return size, head
 
 
-def _open(path: Path, size: int, head: bytes, h5_path: str | None, link_ready) -> FrameSource:
+def _open(path: Path, size: int, head: bytes, h5_path: str | None, link_ready, known_links=None) -> FrameSource:
     """Dispatch on the file's magic number → a FrameSource."""
     expected = "expected TIFF, EDF, CBF, PNG, NPY or HDF5"
     if head.startswith(_TIFF_MAGICS):
@@ -348,7 +351,7 @@ def _open(path: Path, size: int, head: bytes, h5_path: str | None, link_ready) -
     if head.startswith(_NPY_MAGIC):
         return _open_npy(path)
     if head.startswith(_HDF5_MAGIC) or head[512:520] == _HDF5_MAGIC:
-        return _Hdf5Frames(path, h5_path, link_ready)
+        return _Hdf5Frames(path, h5_path, link_ready, known_links)
     if head.lstrip().startswith(b"{"):
         return _EdfFrames(path, size)
     if head.startswith(b"###") and b"CBF" in head[:16]:
@@ -357,7 +360,7 @@ def _open(path: Path, size: int, head: bytes, h5_path: str | None, link_ready) -
     if suffix in (".edf", ".cbf"):  # let fabio judge unusual headers of its own formats
         return _EdfFrames(path, size) if suffix == ".edf" else _open_cbf(path, size)
     if suffix in HDF5_SUFFIXES and size > 2048:  # an HDF5 superblock may sit after a user block
-        return _Hdf5Frames(path, h5_path, link_ready)
+        return _Hdf5Frames(path, h5_path, link_ready, known_links)
     for magic, name in _OTHER_MAGICS.items():
         if head.startswith(magic):
             raise _Reject(f"not an image (a {name} file; {expected})")
@@ -759,9 +762,11 @@ class _Hdf5Frames(FrameSource):
 
     format = "HDF5"
 
-    def __init__(self, path: Path, h5_path: str | None = None, link_ready=None):
+    def __init__(self, path: Path, h5_path: str | None = None, link_ready=None, known_links=None):
         super().__init__(path)
         self.stacked = True
+        self.link_blocks: dict[Path, tuple[int, int]] = {}  # linked data file → (first frame, count)
+        self._known_links = known_links or {}
         self._files = [_open_h5(path)]
         self._blocks: list[_Block] = []
         self._gap_words = h5_path is None  # the all-ones gap word is an Eiger/NeXus convention
@@ -829,6 +834,12 @@ class _Hdf5Frames(FrameSource):
                 if target is not None:
                     waiting.append(target)  # later links wait too, so frame numbers stay in order
                 continue
+            if target in self._known_links:  # read before: not opened again
+                first, count = self._known_links[target]
+                self._blocks.append(_Block(first, count, reason="unreadable (frames read before; not opened again)"))
+                self.link_blocks[target] = (first, count)
+                number = first + count
+                continue
             if target is None:
                 try:
                     dataset = group[name]
@@ -862,6 +873,8 @@ class _Hdf5Frames(FrameSource):
             except (TypeError, ValueError, IndexError):
                 first = number
             number = self._add(dataset, max(first, 0), label)
+            if target is not None and self._blocks[-1].reason is None:
+                self.link_blocks[target] = (self._blocks[-1].first, self._blocks[-1].count)
         self.waiting_links = tuple(waiting)
 
     @property

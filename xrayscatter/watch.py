@@ -54,7 +54,7 @@ from typing import Callable, Iterator
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.predict import (FrameRead, FrameReader, ImageResult, OpenedFile, TaggingModel, default_model,
                                  prediction_record, resolve_model_dir, reuse_freed_memory_for_frames, tag_frames,
-                                 write_html)
+                                 warm_up, write_html)
 from xrayscatter.readers import (DETECTOR_SUFFIXES, EIGER_DATA_FILE, HDF5_SUFFIXES, UnreadableImageError,
                                  open_frames)
 
@@ -174,6 +174,7 @@ class Tracker:
         self.masters: dict[Path, Path] = {}  # data file → the master that links it
         self._forced: dict[Path, None] = {}
         self._dirty: dict[Path, None] = {}  # files that changed and are not yet complete (insertion order)
+        self._read_links: dict[Path, tuple] = {}  # data file → (stat, first, count): all its frames claimed
 
     # ---- from any thread
     def post(self, kind: str, path: Path, frame: int | None = None) -> None:
@@ -269,6 +270,9 @@ class Tracker:
             self._dirty.pop(path, None)
             return
         if kind == "retry":
+            for target, (_, first, count) in list(self._read_links.items()):
+                if self.masters.get(target) == path and frame is not None and first <= frame < first + count:
+                    del self._read_links[target]  # that data file is to be opened again
             claimed = self.done.get(path)
             if claimed is not None:
                 claimed.discard(frame)
@@ -364,8 +368,10 @@ class Tracker:
         if EIGER_DATA_FILE.match(path.name) and time.time() - stat[1] / 1e9 < self.master_wait:
             self._later(path, self.master_wait)  # a master may still come
             return None
+        known = {target: (first, count) for target, (stat_then, first, count) in self._read_links.items()
+                 if self.masters.get(target) == path and _stat(target) == stat_then}
         try:
-            source = open_frames(path, self.h5_path, link_ready=self._link_ready)
+            source = open_frames(path, self.h5_path, link_ready=self._link_ready, known_links=known)
         except UnreadableImageError as e:
             if self.maybe_incomplete(path, stat):
                 self._later(path, max(0.25, self.settle / 2))
@@ -381,6 +387,9 @@ class Tracker:
         claimed.discard(None)
         numbers = [n for n in source.frame_numbers if n not in claimed]
         claimed.update(numbers)
+        for target, (first, count) in getattr(source, "link_blocks", {}).items():
+            if target not in known and all(n in claimed for n in range(first, first + count)):
+                self._read_links[target] = (_stat(target), first, count)  # not opened again for the next data file
         if not numbers:
             source.close()
             return None
@@ -613,6 +622,7 @@ class FolderWatch:
             thumbnails = thumbnail_size_for(self.model) if self.html is not None else None
             self._reader = FrameReader(self.tracker.stream(stop), self.tracker.opener, self.workers,
                                        lookahead=2 * self.batch_size + self.workers, thumbnail_size=thumbnails)
+            warm_up(self.model)  # the first forward pass builds the graph's kernels (seconds): not on the first frame
             self._loop(stop, descriptor)
         finally:
             stop.set()
@@ -657,7 +667,7 @@ class FolderWatch:
                         break
                     batch.append(read)
                 batch = [read for read in batch if not self._try_again_later(read)]
-                for result in tag_frames(self.model, batch):
+                for result in tag_frames(self.model, batch, power_of_two=True):
                     self._emit(result, descriptor)
             if self.html is not None and time.monotonic() >= next_html:
                 next_html = time.monotonic() + self.html_every
