@@ -211,10 +211,11 @@ def test_killed_and_restarted_watch_neither_duplicates_nor_loses_a_line(tmp_path
 
 def test_read_previous_output_keeps_whole_lines_and_frames(tmp_path):
     output = tmp_path / "t.jsonl"
-    output.write_text('{"file": "/a/x.h5", "frame": 3, "error": null}\n{"file": "/a/y.tif", "frame": null, '
-                      '"error": "bad"}\n{"file": "/a/z.t')
+    output.write_text('{"file": "/a/x.h5", "frame": 3, "error": null, "stacked": true}\n{"file": "/a/y.tif", '
+                      '"frame": null, "error": "bad"}\n{"file": "/a/z.t')
     previous = read_previous_output(output, history=1)
     assert previous.done == {Path("/a/x.h5"): {3}, Path("/a/y.tif"): {None}}
+    assert previous.stacked == {Path("/a/x.h5")}
     assert previous.lines == 2 and previous.cut_bytes == len('{"file": "/a/z.t')
     assert output.read_text().endswith("}\n") and [r["file"] for r in previous.records] == ["/a/y.tif"]
 

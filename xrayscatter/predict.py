@@ -764,9 +764,12 @@ def prediction_rows(results: list[ImageResult], model: TaggingModel) -> list[dic
 
 
 def prediction_record(result: ImageResult, model: TaggingModel) -> dict:
-    """One JSON-able dict per frame: file, frame, error, tags, {name: score}, {name: 0/1}, header, beam_centre."""
+    """One JSON-able dict per frame: file, frame, error, (stacked: true for a frame of a multi-frame file), tags,
+    {name: score}, {name: 0/1}, header, beam_centre."""
     key = "probabilities" if model.score_name == "probability" else "scores"
     record = {"file": str(result.path), "frame": result.frame, "error": result.error}
+    if result.stacked:
+        record["stacked"] = True  # one frame of a multi-frame file (named file#frame)
     if result.error is None:
         record.update({
             "tags": [n for n, d in zip(model.attributes, result.decisions) if d],

@@ -79,12 +79,14 @@ def now_iso() -> str:
 # --------------------------------------------------------------------------- the output, read back
 @dataclass
 class Previous:
-    """What an existing output holds: frames done per file, its last records, its line count."""
+    """What an existing output holds: frames done per file, its last records, its line count, the files with
+    several frames (looked at again after a restart: more frames may have come)."""
 
     done: dict[Path, set]
     records: deque
     lines: int
     cut_bytes: int = 0
+    stacked: set = None
 
 
 def read_previous_output(output: Path, history: int = HISTORY) -> Previous:
@@ -93,9 +95,10 @@ def read_previous_output(output: Path, history: int = HISTORY) -> Previous:
     ``done[file]`` holds the frame numbers written (None: the whole file was reported unreadable).
     """
     done: dict[Path, set] = {}
+    stacked: set = set()
     records: deque = deque(maxlen=history)
     if not output.exists():
-        return Previous(done, records, 0)
+        return Previous(done, records, 0, 0, stacked)
     data = output.read_bytes()
     cut = 0
     if data and not data.endswith(b"\n"):
@@ -119,7 +122,9 @@ def read_previous_output(output: Path, history: int = HISTORY) -> Previous:
             if i >= tail_from:
                 records.append(record)
         done.setdefault(Path(file), set()).add(frame)
-    return Previous(done, records, len(lines), cut)
+        if '"stacked": true' in text:
+            stacked.add(Path(file))
+    return Previous(done, records, len(lines), cut, stacked)
 
 
 # --------------------------------------------------------------------------- which files are complete
@@ -158,12 +163,13 @@ class Tracker:
     def __init__(self, directory: Path, *, recursive: bool = False, glob: str | None = None,
                  exclude: set[Path] = frozenset(), done: dict[Path, set] | None = None, h5_path: str | None = None,
                  settle: float = SETTLE_SECONDS, master_wait: float = MASTER_WAIT_SECONDS,
-                 rescan: float = RESCAN_SECONDS):
+                 rescan: float = RESCAN_SECONDS, stacked: set | None = None):
         self.directory = directory
         self.recursive = recursive
         self.glob = glob
         self.exclude = {Path(p) for p in exclude}
         self.done = done if done is not None else {}
+        self.stacked = stacked or set()  # multi-frame files: opened again at start (frames may have been added)
         self.h5_path = h5_path
         self.settle = settle
         self.error_settle = max(2.0, 2 * settle)  # a young file that reads badly is tried again until this old
@@ -243,7 +249,8 @@ class Tracker:
             state = self.files.get(path)
             if state is None:
                 age = max(0.0, wall - stat[1] / 1e9)
-                skip = initial and self.done.get(path) and path.suffix.lower() not in HDF5_SUFFIXES
+                skip = (initial and self.done.get(path) and path not in self.stacked
+                        and path.suffix.lower() not in HDF5_SUFFIXES)
                 state = self.files[path] = _State(stat, now - age, dirty=False)
                 if not skip:
                     self._mark(path, state)
@@ -503,7 +510,10 @@ def start_http(watch: "FolderWatch", port: int):
         def log_message(self, *args):  # quiet: the terminal shows tags
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Api)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Api)
+    except OSError as e:
+        raise XrayscatterError(f"--port {port}: cannot serve on 127.0.0.1 ({e.strerror or e})") from None
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True)
     thread.start()
@@ -608,7 +618,8 @@ class FolderWatch:
         descriptor = os.open(self.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.tracker = Tracker(self.directory, recursive=self.recursive, glob=self.glob,
                                exclude={self.output} | ({self.html} if self.html else set()), done=previous.done,
-                               h5_path=self.h5_path, settle=self.settle, master_wait=self.master_wait)
+                               h5_path=self.h5_path, settle=self.settle, master_wait=self.master_wait,
+                               stacked=previous.stacked)
         observer = server = None
         try:
             observer, self.watching = start_observer(self.directory, self.tracker, self.recursive, self.poll)
@@ -652,20 +663,26 @@ class FolderWatch:
         return summary
 
     def _loop(self, stop: threading.Event, descriptor: int) -> None:
+        """Tag whatever is read, at once: a batch never waits to fill. Batches are 1, 2, 4, 8 or 16 frames
+        (each size builds its kernels once); frames beyond the largest such size wait for the next pass, by
+        when more have been read, so that a backlog is worked off in full batches."""
         reader = self._reader
         next_html = time.monotonic() + self.html_every
+        carry: list[FrameRead] = []
         while not stop.is_set():
-            first = reader.get(timeout=0.2)
-            if first is None:
+            first = None if carry else reader.get(timeout=0.2)
+            if first is None and not carry:
                 if reader.finished:
                     break
             else:
-                batch = [first]
+                batch = carry + ([first] if first is not None else [])
                 while len(batch) < self.batch_size and reader.ready():
                     read = reader.get(timeout=0)
                     if read is None:
                         break
                     batch.append(read)
+                take = 1 << (len(batch).bit_length() - 1)
+                batch, carry = batch[:take], batch[take:]
                 batch = [read for read in batch if not self._try_again_later(read)]
                 for result in tag_frames(self.model, batch, power_of_two=True):
                     self._emit(result, descriptor)

@@ -247,6 +247,26 @@ def _keys(log: list) -> list[tuple[str, int]]:
     return [(file, frame) for file, frames, _ in log for frame in frames]
 
 
+def per_frame_costs(model, paths: list[Path]) -> dict:
+    """Seconds per frame when frames come one by one (batch 1): reading, the forward pass, the beam-centre pass."""
+    from xrayscatter.readers import read_detector_image
+
+    read, forward, beam = [], [], []
+    for path in paths:
+        started = time.perf_counter()
+        counts = read_detector_image(path)[None]
+        read.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        model(counts)
+        forward.append(time.perf_counter() - started)
+        if model.has_beam_centre:
+            started = time.perf_counter()
+            model.beam_centre(counts)
+            beam.append(time.perf_counter() - started)
+    return {"read": statistics.median(read), "forward": statistics.median(forward),
+            "beam_centre": statistics.median(beam) if beam else 0.0}
+
+
 def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seconds: float = 20.0, size: int = 1024,
                 frames_per_file: int = 10, burst: int = 96, folder: str | Path | None = None, workers: int = 2,
                 batch_size: int = 16, quiet: bool = False) -> dict:
@@ -306,6 +326,7 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
             batch = np.zeros((batch_size, size, size), np.float32)
             tagging_model(batch)
             forward_rate = batch_size / (time.perf_counter() - forward_started)
+            one = per_frame_costs(tagging_model, paths[:4])
         shutil.rmtree(reference)
 
         # ---- the watch, on an empty folder
@@ -364,7 +385,7 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
     load_after = _load()
     ratio = sustained / predict_rate if predict_rate > 0 else float("nan")
     where = {"forward_alone_frames_per_s": forward_rate, "predict_frames_per_s": predict_rate,
-             "watch_errors": lines.errors[:5]}
+             "batch_1_seconds": one, "watch_errors": lines.errors[:5]}
     rows = []
     for kind, name in (("tiff", f"TIFF int32 {size}²"), ("hdf5", f"Eiger HDF5 {size}², {frames_per_file}/file")):
         m = latency[kind]
@@ -385,6 +406,12 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
     console.print(f"{load_before} before, {load_after} after (a busy machine slows every number here)")
     if lines.errors:
         console.print(f"[red]{len(lines.errors)} frame(s) reported unreadable[/], e.g. {lines.errors[0]}")
+    single = one["read"] + one["forward"] + one["beam_centre"]
+    console.print(f"frames one by one (batch 1): read {1000 * one['read']:.0f} ms + forward pass "
+                  f"{1000 * one['forward']:.0f} ms" + (f" + beam-centre pass {1000 * one['beam_centre']:.0f} ms (the "
+                  "model's second signature runs the network again)" if one["beam_centre"] else "")
+                  + f" = {1000 * single:.0f} ms a frame, at most {1 / single:.1f} frames/s before frames queue up "
+                  f"and batches grow (batches of {batch_size}: predict's {predict_rate:.1f} frames/s)")
     if predict_rate < TARGET_RATE:
         console.print(f"predict alone tags {predict_rate:.1f} frames/s of {size}² px here (forward pass alone "
                       f"{forward_rate:.1f}/s): below {TARGET_RATE:g} frames/s no watch can keep up; the time goes "
