@@ -48,6 +48,7 @@ TARGET_P95_S = 1.0
 TARGET_RATE = 10.0
 TARGET_SUSTAINED_RATIO = 0.9
 DISTINCT_FRAMES = 8  # the writer cycles through this many different frames (encoded once)
+ROUNDS = 2  # the sustained rate and predict's are each the best of this many interleaved passes
 MAKE_A_MODEL = ("no trained model under saved_models/ (and no --model): make a small one with "
                 "'xrayscatter simulate run -p pipelines/smoke.toml && xrayscatter train resnet -p pipelines/smoke.toml' "
                 "(the default model: 'make simulate train-resnet'), or pass --model")
@@ -317,17 +318,19 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
             # The first call of every batch size builds its kernels: done here, so that both measure steady state.
             warm_up(tagging_model, (size, size), [b for b in (1, 2, 4, 8, 16, batch_size) if b <= batch_size])
             predict_rate = 0.0
-            for _ in range(2):
+
+            def predict_pass() -> float:
                 started = time.perf_counter()
                 results = run_predictions(tagging_model, paths, batch_size=batch_size, workers=workers,
                                           show_progress=False)
-                predict_rate = max(predict_rate, len(results) / (time.perf_counter() - started))
+                return len(results) / (time.perf_counter() - started)
+
+            predict_rate = predict_pass()
             forward_started = time.perf_counter()
             batch = np.zeros((batch_size, size, size), np.float32)
             tagging_model(batch)
             forward_rate = batch_size / (time.perf_counter() - forward_started)
             one = per_frame_costs(tagging_model, paths[:4])
-        shutil.rmtree(reference)
 
         # ---- the watch, on an empty folder
         watched = root / "watched"
@@ -354,14 +357,21 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
                              "max": max(values) if values else float("nan"), "frames": len(values),
                              "expected": len(_keys(log)), "rate": rate}
 
-        # ---- sustained rate: a backlog drained, then 0.9 × that rate held
-        with console.status(f"sustained rate: {burst} TIFF frames at once"):
-            log = run_writer(watched, {"kind": "burst-tiff", "frames": burst, "rate": 0, "size": size,
-                                       "prefix": "burst"})
-            lines.wait_for(_keys(log), timeout=120 + 10 * burst)
-            first_complete = min(t for _, _, t in log)
-            last_line = max(lines.times.get(k, float("nan")) for k in _keys(log))
-            sustained = burst / (last_line - first_complete) if last_line > first_complete else float("nan")
+        # ---- sustained rate: a backlog drained (best of ROUNDS, each beside a predict pass on the same kind of
+        # files: the machine's load changes from one minute to the next), then 0.9 × that rate held
+        sustained = 0.0
+        for round_ in range(ROUNDS):
+            with console.status(f"sustained rate, round {round_ + 1}/{ROUNDS}: predict on {burst} TIFFs, then "
+                                f"{burst} TIFF frames dropped at once into the watched folder"):
+                predict_rate = max(predict_rate, predict_pass())
+                log = run_writer(watched, {"kind": "burst-tiff", "frames": burst, "rate": 0, "size": size,
+                                           "prefix": f"burst{round_}"})
+                lines.wait_for(_keys(log), timeout=120 + 10 * burst)
+                first_complete = min(t for _, _, t in log)
+                last_line = max(lines.times.get(k, float("nan")) for k in _keys(log))
+                if last_line > first_complete:
+                    sustained = max(sustained, burst / (last_line - first_complete))
+        shutil.rmtree(reference)
         check_rate = TARGET_SUSTAINED_RATIO * sustained
         check = {"rate": check_rate}
         if math.isfinite(check_rate) and check_rate > 0:
