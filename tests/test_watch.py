@@ -230,6 +230,9 @@ def test_bench_watch_reports_latency_and_sustained_rate_at_tiny_size(tmp_path, r
         latency = result["latency"][kind]
         assert latency["frames"] == latency["expected"] == 20
         assert 0 <= latency["median"] <= latency["p95"] <= latency["max"]
-    assert result["predict_rate"] > 0 and result["sustained_rate"] > 0 and result["ratio"] > 0
-    assert {"median", "p95", "backlog_growing"} <= set(result["check"])
+    assert result["predict_rate"] > 0 and result["drained_rate"] > 0 and result["checks"]
+    held = [c for c in result["checks"] if not c["backlog_growing"]]
+    assert result["sustained_rate"] == held[0]["rate"] and result["ratio"] == pytest.approx(
+        held[0]["rate"] / result["predict_rate"])
+    assert {"median", "p95", "backlog_growing", "rate"} <= set(result["check"])
     assert "load average" in result["load"][0]
