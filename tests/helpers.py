@@ -101,7 +101,8 @@ def write_pipeline(config, path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- tiny SavedModels
-def tiny_resnet(input_size: int = 32, width: float = 0.125, seed: int = 0, trained_statistics: bool = False):
+def tiny_resnet(input_size: int = 32, width: float = 0.125, seed: int = 0, trained_statistics: bool = False,
+                channels: int = 1):
     """(classifier, backbone) of an untrained narrow ResNet-50; optionally with random batch-norm statistics
     (as if trained: an export must carry them)."""
     import keras
@@ -109,7 +110,7 @@ def tiny_resnet(input_size: int = 32, width: float = 0.125, seed: int = 0, train
     from xrayscatter.resnet.model import build_backbone, build_classifier
 
     keras.utils.set_random_seed(seed)
-    backbone = build_backbone(input_size, width)
+    backbone = build_backbone(input_size, width, channels)
     classifier = build_classifier(backbone)
     if trained_statistics:
         rng = np.random.default_rng(seed)
@@ -132,7 +133,7 @@ def export_tiny_resnet(output_dir: str | Path, config=None, extra_metadata: dict
 
     config = config or replace(smoke_pipeline(), "resnet", input_size=32, width_multiplier=0.125)
     classifier, backbone = tiny_resnet(config.resnet.input_size, config.resnet.width_multiplier, seed,
-                                       trained_statistics)
+                                       trained_statistics, channels=len(config.resnet.input_channels))
     return export_resnet(classifier, backbone, config, extra_metadata, output_dir=output_dir)
 
 

@@ -235,7 +235,7 @@ def test_predict_uses_the_attribute_model_by_default_and_its_own_decisions(saved
 
     tagger = tf.saved_model.load(str(saved_models / "attributes" / "1")).signatures["serving_default"]
     for record in map(json.loads, output.read_text().splitlines()):
-        assert set(record) == {"file", "error", "tags", "scores", "decisions"}
+        assert set(record) == {"file", "frame", "error", "tags", "scores", "decisions"}
         counts = request_counts(record["file"])
         served = tagger(images=tf.constant(counts))
         np.testing.assert_allclose([record["scores"][a] for a in ATTRIBUTES], served["scores"].numpy()[0],

@@ -131,21 +131,57 @@ def evaluate_command(
     run_evaluation(_config(pipeline), data_dir=data, report_name=name)
 
 
+H5PathOption = typer.Option(
+    None, "--h5-path", help="HDF5: the data set holding the frames, e.g. '/data/images' (default: the Eiger/NeXus "
+                            "layout, the NeXus default plot or the file's only image data set).")
+
+
 @app.command("predict")
 def predict_command(
-    directory: Path = typer.Argument(..., help="Folder of detector images (TIFF, EDF, CBF, PNG, NPY)."),
+    directory: Path = typer.Argument(..., help="Folder of detector files (TIFF, EDF, CBF, PNG, NPY, HDF5/NeXus)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel folder (default: newest under saved_models/)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write CSV (.csv) or JSON Lines (.jsonl)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write CSV (.csv) or JSON Lines (.jsonl), one row per frame."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also read subfolders."),
     glob: Optional[str] = typer.Option(None, "--glob", help="Only files matching this pattern, e.g. '*.tif'."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Frames per forward pass."),
+    h5_path: Optional[str] = H5PathOption,
+    html: Optional[Path] = typer.Option(
+        None, "--html", help="Also write a self-contained contact sheet: a thumbnail per frame with its tags."),
 ):
-    """Tag every detector image in DIRECTORY. Exit code 0: all read; 1: some files failed; 2: nothing done."""
+    """Tag every frame of every detector file in DIRECTORY. Exit code 0: all read; 1: some files or frames failed;
+    2: nothing done."""
     from xrayscatter.predict import predict_directory
 
     failures = predict_directory(directory, model=model, output=output, recursive=recursive,
-                                 glob=glob, batch_size=batch_size)
+                                 glob=glob, batch_size=batch_size, h5_path=h5_path, html=html)
     raise typer.Exit(code=1 if failures else 0)
+
+
+@app.command("watch")
+def watch_command(
+    directory: Path = typer.Argument(..., help="The folder the detector writes into."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="JSON Lines file, one line per frame, appended (default DIRECTORY/tags.jsonl); "
+                                     "what it holds is not tagged again after a restart."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel folder (default: as predict)."),
+    port: Optional[int] = typer.Option(
+        None, "--port", help="Serve GET /last?n=20 and GET /status as JSON on 127.0.0.1:PORT."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Keep a contact sheet of the newest frames up to date."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also watch subfolders."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only files matching this pattern, e.g. '*.cbf'."),
+    h5_path: Optional[str] = H5PathOption,
+    poll: Optional[float] = typer.Option(
+        None, "--poll", help="Poll every SECONDS instead of file-system events (network file systems; chosen by "
+                             "itself on NFS, CIFS, Lustre, GPFS…)."),
+    settle: float = typer.Option(
+        1.0, "--settle", help="Seconds a file must stay unchanged to count as complete when no close event says so."),
+    batch_size: int = typer.Option(16, "--batch-size", help="At most this many frames per forward pass."),
+):
+    """Tag every new frame in DIRECTORY as it is written, until Ctrl-C: one printed line and one output line per frame."""
+    from xrayscatter.watch import watch_directory
+
+    watch_directory(directory, model=model, output=output, port=port, html=html, recursive=recursive, glob=glob,
+                    h5_path=h5_path, poll=poll, settle=settle, batch_size=batch_size)
 
 
 @app.command("serve-request")
@@ -233,6 +269,23 @@ def bench_predict_command(
     from xrayscatter.benchmarks.predict import bench_predict
 
     bench_predict(model=model, images=images, size=size, batch_size=batch_size)
+
+
+@bench_app.command("watch")
+def bench_watch_command(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel (default: newest under saved_models/)."),
+    rate: float = typer.Option(10.0, "--rate", help="Frames per second written for the latency measurement."),
+    seconds: float = typer.Option(20.0, "--seconds", help="Duration of each timed phase."),
+    size: int = typer.Option(1024, "--size", help="Frame side (px)."),
+    frames_per_file: int = typer.Option(10, "--frames-per-file", help="Frames per Eiger-like HDF5 data file."),
+    burst: int = typer.Option(96, "--burst", help="Frames dropped at once to measure the sustained rate."),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="Where the files go (default: a temporary folder)."),
+):
+    """Latency (file complete → its output line) of 'watch' at a given rate, and its sustained rate vs 'predict'."""
+    from xrayscatter.benchmarks.watch import bench_watch
+
+    bench_watch(model=model, rate=rate, seconds=seconds, size=size, frames_per_file=frames_per_file, burst=burst,
+                folder=folder)
 
 
 # --------------------------------------------------------------------------- data-service
