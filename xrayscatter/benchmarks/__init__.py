@@ -66,7 +66,7 @@ def conditions() -> dict:
         versions["tensorflow"] = tf.__version__
     except ImportError:  # pragma: no cover - TF is a dependency
         pass
-    return {"time": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cores": cores, "load_average": load,
+    return {"time": time.strftime("%Y-%m-%d %H:%M:%S %z"), "epoch": time.time(), "cores": cores, "load_average": load,
             "busy": bool(load and load[0] > 0.5 * (cores or 1)), "cpu": _cpu_model(), "memory_gib": total,
             "memory_available_gib": available, "versions": versions}
 
