@@ -61,10 +61,10 @@ def conditions() -> dict:
     total, available = _memory_gib()
     versions = {"python": platform.python_version()}
     try:
-        import tensorflow as tf
+        from importlib.metadata import version
 
-        versions["tensorflow"] = tf.__version__
-    except ImportError:  # pragma: no cover - TF is a dependency
+        versions["tensorflow"] = version("tensorflow")  # without importing it (seconds)
+    except Exception:  # noqa: BLE001 - PackageNotFoundError or a broken install: the conditions still print
         pass
     return {"time": time.strftime("%Y-%m-%d %H:%M:%S %z"), "epoch": time.time(), "cores": cores, "load_average": load,
             "busy": bool(load and load[0] > 0.5 * (cores or 1)), "cpu": _cpu_model(), "memory_gib": total,
