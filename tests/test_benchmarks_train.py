@@ -14,7 +14,8 @@ def test_bench_train_measures_fed_rates_with_the_cache_off_and_on(tmp_path):
     for key in ("pipeline_alone", "in_memory", "fed_cache_off", "fed_cache_on", "fed_over_memory",
                 "cached_over_memory", "pipeline_over_training"):
         assert result[key] > 0, key
-    assert result["consumed_cache_on"] > 0 and result["cache_on_regime"]
+    # With the cache on the fit stops within the first pass: every image it trained on was decoded.
+    assert 0 < result["consumed_cache_on"] <= 16 and result["cache_on_regime"].startswith("every image")
     assert [r["name"].split(",")[0] for r in result["ratios"]] == [
         "fed (cache off) / in memory", "pipeline alone / training", "fed (cache on"]
     # The bench's data set is its own, in the work folder; the user's folders are untouched.
