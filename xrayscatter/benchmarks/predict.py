@@ -158,6 +158,7 @@ def bench_predict(models: list[str | Path | None] | None = None, images: int = 6
     for model in models or [None]:
         try:
             rows.append(measure_model(model, images, size, batch_size, workers, console))
+            ratios.append(None)  # filled below, in the models' order
         except XrayscatterError as e:
             console.print(f"model {model or 'saved_models/'}: skipped ({e})", highlight=False)
             ratios.append(Ratio("predict", f"end to end / forward, {model or 'saved_models/'}", None, TARGET_RATIO,
@@ -167,10 +168,11 @@ def bench_predict(models: list[str | Path | None] | None = None, images: int = 6
         ("model", "forward alone (img/s)", "end to end (img/s)", "ratio", "target", "reading alone (img/s)"),
         [(r["model"], f"{r['forward']:.1f}", f"{r['end_to_end']:.1f}", f"{r['ratio']:.2f}", f"≥ {TARGET_RATIO}",
           f"{r['reading']:.1f}") for r in rows]))
+    slots = iter(i for i, ratio in enumerate(ratios) if ratio is None)
     for r in rows:
-        ratios.insert(len(ratios), Ratio("predict", f"end to end / forward, {r['model']}", r["ratio"], TARGET_RATIO,
-                                         note=f"{r['end_to_end']:.1f} / {r['forward']:.1f} img/s; reading alone "
-                                              f"{r['reading']:.1f}"))
+        ratios[next(slots)] = Ratio("predict", f"end to end / forward, {r['model']}", r["ratio"], TARGET_RATIO,
+                                    note=f"{r['end_to_end']:.1f} / {r['forward']:.1f} img/s; reading alone "
+                                         f"{r['reading']:.1f}")
         if r["profile"]:
             console.print(results_table(f"where one end-to-end pass of {r['model']} spends its main thread's time",
                                         ("function", "calls", "cumulative s"),
