@@ -27,6 +27,8 @@ def test_bench_evaluate_runs_every_set_estimates_from_folds_and_skips_missing_re
     for s in result["sets"].values():
         assert s["folds_run"] == 2 and s["folds"] == 4 and s["estimated"] and s["seconds"] > 0
     assert result["c_grid"] == list(config.evaluate.svm_c_grid) and result["hierarchical"]
+    profile = result["sets"]["resnet+autoencoder"]["profile"]  # the widest set is profiled
+    assert {e["function"].split("(")[1].rstrip(")") for e in profile} >= {"choose_c", "fit_linear_svms"}
     assert set(result["comparison"]) == {"raw_fit_s", "gram_fit_s", "gram_prepare_s", "max_decision_difference"}
     assert result["real"]["skipped"].startswith("skipped: no trained smoke model")
     synthetic, real = result["ratios"]

@@ -127,9 +127,29 @@ def feature_widths(config) -> dict[str, tuple[int, ...]]:
 LBPPHOG_DIMS = 840  # baselines.py: 21 cells × (10 + 18 LBP bins) + 21 × 12 PHOG bins
 
 
-def _run_folds(features, blocks, labels, runs, group, ev, threads, folds: int, console) -> dict:
-    """``leave_one_run_out`` with the settings of ``ev``; stopped after ``folds`` folds (estimate) if fewer."""
+PROFILED = ("__init__", "design", "choose_c", "fit_linear_svms", "decision", "_hierarchical_scores",
+            "fold_average_precision")
+
+
+def evaluation_profile(profiler, top: int = 8) -> list[dict]:
+    """Cumulative seconds of the evaluation's own stages (``evaluation/svm.py``, ``protocol.py``) in a profile."""
+    import pstats
+
+    entries = []
+    for (filename, line, function), (_, calls, _, cumulative, _) in pstats.Stats(profiler).stats.items():
+        if "evaluation" in filename and function in PROFILED:
+            entries.append({"function": f"{Path(filename).name}:{line}({function})", "calls": calls,
+                            "cumulative_s": cumulative})
+    return sorted(entries, key=lambda e: -e["cumulative_s"])[:top]
+
+
+def _run_folds(features, blocks, labels, runs, group, ev, threads, folds: int, console, profile: bool = False) -> dict:
+    """``leave_one_run_out`` with the settings of ``ev``; stopped after ``folds`` folds (estimate) if fewer.
+    With ``profile``, also where the time went (cProfile of the evaluation's stages)."""
+    import cProfile
+
     num_runs = int(runs.max()) + 1
+    profiler = cProfile.Profile() if profile else None
     times, cpu_start, start = [], time.process_time(), time.perf_counter()
 
     def fold_done():
@@ -138,15 +158,22 @@ def _run_folds(features, blocks, labels, runs, group, ev, threads, folds: int, c
             raise _EnoughFolds
 
     result = None
+    if profiler is not None:
+        profiler.enable()
     try:
         result = leave_one_run_out(features, blocks, labels, runs, ev.svm_c_grid, ev.inner_folds, threads,
                                    group_labels=group if ev.hierarchical else None, on_fold_done=fold_done)
     except _EnoughFolds:
         pass
+    finally:
+        if profiler is not None:
+            profiler.disable()
     cpu = time.process_time() - cpu_start
     measured = times[-1]
     out = {"folds_run": len(times), "folds": num_runs, "measured_s": measured, "cpu_s": cpu,
            "seconds": measured * num_runs / len(times), "estimated": len(times) < num_runs}
+    if profiler is not None:
+        out["profile"] = evaluation_profile(profiler)
     if result is not None:
         summary = summarize(result.fold_ap, result.fold_status, result.scores, labels, runs,
                             tuple(f"a{i}" for i in range(labels.shape[1])))
@@ -202,8 +229,9 @@ def bench_evaluate(config, images: int = 2832, attributes: int = 98, runs: int =
             features = make(blocks)
             if compare and not comparison and len(blocks) == max(len(b) for b in widths.values()):
                 comparison = _side_by_side(features, labels, run)
+            largest = sum(blocks) == max(sum(b) for b in widths.values())  # profiled: where the time goes
             sets[name] = {"dims": int(sum(blocks)), **_run_folds(features, blocks, labels, run, group, ev, threads,
-                                                                  folds, console)}
+                                                                  folds, console, profile=largest)}
         del features
         s = sets[name]
         console.print(f"  {name}: {s['seconds']:.0f} s{' (estimated from ' + str(s['folds_run']) + ' folds)' if s['estimated'] else ''}"
@@ -217,6 +245,13 @@ def bench_evaluate(config, images: int = 2832, attributes: int = 98, runs: int =
     console.print(results_table(
         f"leave-one-run-out SVM stage at XMD size, settings of pipeline {config.name} (synthetic features)",
         ("feature set", "dims", "seconds", f"estimated from {folds} folds", "cores busy", "mAP %"), rows))
+    profiled = next((n for n, st in sets.items() if st.get("profile")), None)
+    if profiled and total > TARGET_SECONDS:
+        console.print(results_table(
+            f"where the time goes: {profiled}, {sets[profiled]['folds_run']} fold(s) (cProfile; __init__ = the "
+            f"fold's standardised Gram matrix and its factor, choose_c = the inner C search)",
+            ("function", "calls", "cumulative s"),
+            [(e["function"], str(e["calls"]), f"{e['cumulative_s']:.1f}") for e in sets[profiled]["profile"]]))
     if comparison:
         console.print(f"one fit on raw rows {comparison['raw_fit_s']:.2f} s vs through the Gram factor "
                       f"{comparison['gram_fit_s']:.2f} s (+ {comparison['gram_prepare_s']:.1f} s per fold for K "
