@@ -221,54 +221,120 @@ def bench_external_command(
     bench_external(model=model, folder=folder, per_group=per_group, seed=seed, workers=workers)
 
 
+PAPER_PIPELINE = "pipelines/paper.toml"
+BenchJsonOption = typer.Option(None, "--json", help="Also write the result (ratios, conditions) to this JSON file.")
+WorkDirOption = typer.Option(Path("reports/bench/work"), "--work-dir",
+                             help="Where a bench makes its own data sets and models (never tfrecords/ or saved_models/).")
+
+
 @bench_app.command("simulate")
 def bench_simulate_command(
-    sizes: str = typer.Option("256,1024", "--sizes", help="Image sizes (px), comma-separated."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Measuring time per case."),
+    pipeline: str = typer.Option(PAPER_PIPELINE, "--pipeline", "-p", help="Pipeline TOML file (what the writer stores)."),
+    sizes: str = typer.Option("256,1024", "--sizes", help="Image sizes (px, the long side), comma-separated."),
+    seconds: float = typer.Option(8.0, "--seconds", help="Measuring time per worker and case."),
+    json_path: Optional[Path] = BenchJsonOption,
 ):
-    """Images/s per process at each size, and the speed-up from 1 to 2 processes."""
+    """Images/s per core of the generator and of the whole simulate run path (encoding, writing), 1 → 2 processes."""
     from xrayscatter.benchmarks.simulate import bench_simulate
 
-    bench_simulate([int(s) for s in sizes.split(",")], seconds=seconds)
+    bench_simulate(_config(pipeline), [int(s) for s in sizes.split(",")], seconds=seconds, json_path=json_path)
+
+
+@bench_app.command("input")
+def bench_input_command(
+    pipeline: str = typer.Option(PAPER_PIPELINE, "--pipeline", "-p", help="Pipeline TOML file."),
+    images: int = typer.Option(32, "--images", help="Images in the bench data set (simulated once)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch (the cost per image does not depend on it)."),
+    seconds: float = typer.Option(15.0, "--seconds", help="Measuring time per record layout."),
+    work_dir: Path = WorkDirOption,
+    json_path: Optional[Path] = BenchJsonOption,
+):
+    """Training input pipeline images/s per core (full image vs stored resized) and cores per GPU."""
+    from xrayscatter.benchmarks.input import bench_input
+
+    bench_input(_config(pipeline), work_dir=work_dir, images=images, batch_size=batch_size, seconds=seconds,
+                json_path=json_path)
 
 
 @bench_app.command("train")
-def bench_train_command(pipeline: str = PipelineOption):
-    """Input pipeline alone vs training on in-memory tensors vs training fed by the pipeline."""
+def bench_train_command(
+    pipeline: str = PipelineOption,
+    images: int = typer.Option(1024, "--images", help="Images in the bench data set (simulated once)."),
+    seconds: float = typer.Option(20.0, "--seconds", help="Measuring time per rate."),
+    work_dir: Path = WorkDirOption,
+    json_path: Optional[Path] = BenchJsonOption,
+):
+    """Input pipeline alone vs training on in-memory tensors vs training fed by the pipeline (cache off, on)."""
     from xrayscatter.benchmarks.train import bench_train
 
-    bench_train(_config(pipeline))
+    bench_train(_config(pipeline), work_dir=work_dir, images=images, seconds=seconds, json_path=json_path)
 
 
 @bench_app.command("features")
-def bench_features_command(pipeline: str = PipelineOption):
+def bench_features_command(
+    pipeline: str = PipelineOption,
+    seconds: float = typer.Option(10.0, "--seconds", help="Measuring time of the 15-crop cases."),
+    json_path: Optional[Path] = BenchJsonOption,
+):
     """15-crop features/s vs 15 plain passes; SPM features/s vs a per-patch loop."""
     from xrayscatter.benchmarks.features import bench_features
 
-    bench_features(_config(pipeline))
+    bench_features(_config(pipeline), seconds=seconds, json_path=json_path)
 
 
 @bench_app.command("evaluate")
 def bench_evaluate_command(
-    images: int = typer.Option(2832, "--images"), dims: int = typer.Option(23552, "--dims"),
-    attributes: int = typer.Option(98, "--attributes"), runs: int = typer.Option(13, "--runs"),
+    pipeline: str = typer.Option(PAPER_PIPELINE, "--pipeline", "-p", help="Pipeline whose [evaluate] settings are run."),
+    images: int = typer.Option(2832, "--images"), attributes: int = typer.Option(98, "--attributes"),
+    runs: int = typer.Option(13, "--runs"),
+    folds: int = typer.Option(0, "--folds", help="Time only this many folds and estimate the whole (0: all)."),
+    compare: bool = typer.Option(True, "--compare/--no-compare", help="One fit on raw rows vs the Gram route."),
+    real: str = typer.Option(DEFAULT_PIPELINE, "--real", help="Also on this pipeline's real features if its "
+                                                                 "trained models exist ('' : no)."),
+    json_path: Optional[Path] = BenchJsonOption,
 ):
-    """Time of the whole leave-one-run-out evaluation on an XMD-sized synthetic feature matrix."""
+    """The leave-one-run-out SVM stage at XMD size with the pipeline's settings (and on real features)."""
     from xrayscatter.benchmarks.evaluate import bench_evaluate
 
-    bench_evaluate(images=images, dims=dims, attributes=attributes, runs=runs)
+    bench_evaluate(_config(pipeline), images=images, attributes=attributes, runs=runs, folds=folds, compare=compare,
+                   real_pipeline=real or None, json_path=json_path)
 
 
 @bench_app.command("predict")
 def bench_predict_command(
-    model: Optional[Path] = typer.Option(None, "--model", "-m"),
+    model: Optional[list[Path]] = typer.Option(
+        None, "--model", "-m", help="SavedModel (repeatable; default: the newest under saved_models/)."),
     images: int = typer.Option(64, "--images"), size: int = typer.Option(1024, "--size"),
     batch_size: int = typer.Option(16, "--batch-size"),
+    json_path: Optional[Path] = BenchJsonOption,
 ):
     """End-to-end predict images/s on a folder of TIFFs vs the model's own forward rate."""
     from xrayscatter.benchmarks.predict import bench_predict
 
-    bench_predict(model=model, images=images, size=size, batch_size=batch_size)
+    bench_predict(models=list(model) if model else None, images=images, size=size, batch_size=batch_size,
+                  json_path=json_path)
+
+
+@bench_app.command("prepare")
+def bench_prepare_command(work_dir: Path = WorkDirOption):
+    """Make what the benches need and a fresh clone lacks: the smoke data set and its trained ResNet (once)."""
+    from rich.console import Console
+
+    from xrayscatter.benchmarks.work import smoke_model
+
+    typer.echo(f"smoke model: {smoke_model(work_dir, console=Console())}")
+
+
+@bench_app.command("report")
+def bench_report_command(
+    folder: Path = typer.Option(Path("reports/bench"), "--folder", help="Where the benches' JSON files are."),
+):
+    """One table of every ratio against its target: <folder>/bench.md and bench.json."""
+    from xrayscatter.benchmarks.report import write_report
+
+    md, js = write_report(folder)
+    typer.echo(md.read_text())
+    typer.echo(f"wrote {md} and {js}")
 
 
 @bench_app.command("watch")

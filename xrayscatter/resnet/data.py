@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from xrayscatter.dataset import count_records, read_records, shard_paths
 from xrayscatter.distribute.strategy import share_of_files
-from xrayscatter.normalization import model_input, resize_square
-from xrayscatter.schema import FEATURE_SPEC, parse_example
+from xrayscatter.normalization import channels_from_square, model_input, resize_square
+from xrayscatter.schema import FEATURE_SPEC, decode_image_and_mask, decode_resized, parse_example, resized_side
 
 # Training crops come from the image resized to 256/224 of the input size: the
 # smallest scale of the paper's 15-crop feature.
@@ -41,6 +41,16 @@ CENTRE_JITTER = 0.03  # σ of the noise on the true beam centre given to the det
 def train_load_size(input_size: int) -> int:
     """Side (px) of the resized image that training crops come from."""
     return int(round(input_size * TRAIN_RESIZE_FACTOR))
+
+
+def stored_view_size(config) -> int:
+    """Side (px) of the image training makes its input channels from (the ``resized`` record feature
+    the simulator stores for it, ``schema.py``): the beam-region branch's detail size, else the
+    augmentation's load size, else the input size."""
+    settings = config.resnet
+    if settings.beam_centre_weight > 0 and settings.detail_size:
+        return settings.detail_size
+    return train_load_size(settings.input_size) if settings.augment else settings.input_size
 
 
 def shard_records(paths: list[str], training: bool, input_context) -> tf.data.Dataset:
@@ -151,15 +161,26 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     detail_size = settings.detail_size if beam_head else 0
     storage = tf.float16 if detail_size else tf.float32  # the detail images are what the cache holds
 
+    source_size = detail_size or load_size
+
     def decode(serialized):
-        record = parse_example(serialized)
-        counts, mask = record["image"], record["mask"]
+        record = parse_example(serialized, decode=False)
         # Module gaps arrive as missing pixels from Pilatus-like files and as 0 counts from 16-bit
         # files: training shows both; evaluation shows them missing (mask is all 1 in v1 records).
         as_missing = tf.random.uniform(()) < gaps_missing if 0 < gaps_missing < 1 else tf.constant(gaps_missing > 0)
-        counts = tf.where((mask > 0.5) | ~as_missing, counts, -1.0)
-        source = model_input(counts[None], detail_size or load_size, channels)[0]
-        beam = beam_in_square(record["beam"], tf.shape(counts)[0], tf.shape(counts)[1])
+
+        def from_image():
+            counts, mask = decode_image_and_mask(record)
+            counts = tf.where((mask > 0.5) | ~as_missing, counts, -1.0)
+            return model_input(counts[None], source_size, channels)[0]
+
+        def from_resized():  # the same channels from the image stored at this size (schema.py, "resized")
+            log, gaps_missing_valid, gaps_counted_valid = decode_resized(record["resized"], source_size)
+            valid = tf.where(as_missing, gaps_missing_valid, gaps_counted_valid)
+            return channels_from_square(log[None], valid[None], source_size, channels)[0]
+
+        source = tf.cond(resized_side(record["resized"]) == source_size, from_resized, from_image)
+        beam = beam_in_square(record["beam"], tf.cast(record["height"], tf.int32), tf.cast(record["width"], tf.int32))
         return tf.cast(source, storage), record["labels"], beam
 
     def example(source, labels, beam):

@@ -112,8 +112,10 @@ def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) 
     from xrayscatter.tf_runtime import import_tensorflow
 
     tf = import_tensorflow()  # quietly, once per worker
+    from xrayscatter.resnet.data import stored_view_size
     from xrayscatter.schema import serialize_example
 
+    resized_size = stored_view_size(config)  # what training reads, stored when the image is larger
     out_dir = dataset_dir(config)
     final = out_dir / shard.filename(config.simulate.dataset)
     counts = np.zeros(len(ATTRIBUTES), dtype=np.int64)
@@ -123,7 +125,8 @@ def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) 
             for image_id in shard.image_ids:
                 image = simulate_image_from_config(config.simulate, config.seed, image_id)
                 writer.write(serialize_example(image.counts, image.labels, image.run_id, image.image_id,
-                                               image.params, mask=image.valid, beam_xy=image.beam_xy))
+                                               image.params, mask=image.valid, beam_xy=image.beam_xy,
+                                               resized_size=resized_size))
                 counts += np.asarray(image.labels)
                 runs.add(image.run_id)
                 if progress_queue is not None:
