@@ -2,6 +2,8 @@
 
 * configurations: :func:`redirect` (every output of a pipeline under a temporary folder),
   :func:`write_pipeline` (a PipelineConfig as the TOML file a user would write);
+* the two ResNet configurations: :func:`paper_network` (one channel, attributes only) and the default
+  (three channels, beam-centre head, beam-region branch), tiny: :func:`tiny_resnet_config`, :func:`tiny_resnet`;
 * tiny SavedModels exported by the project's own export code: :func:`export_tiny_resnet`,
   :func:`export_tiny_autoencoder`, :func:`export_tiny_attributes` and :func:`shared_saved_models`
   (one saved_models/ folder per session);
@@ -101,24 +103,50 @@ def write_pipeline(config, path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- tiny SavedModels
-def tiny_resnet(input_size: int = 32, width: float = 0.125, seed: int = 0, trained_statistics: bool = False,
-                channels: int = 1):
-    """(classifier, backbone) of an untrained narrow ResNet-50; optionally with random batch-norm statistics
-    (as if trained: an export must carry them)."""
+def paper_network(config):
+    """``config`` with the paper's network: one input channel (log counts), attribute outputs only
+    (no beam-centre head, no beam-region branch)."""
+    from xrayscatter.config import replace
+
+    return replace(config, "resnet", input_channels=("log",), beam_centre_weight=0.0, detail_size=0)
+
+
+def tiny_resnet_config(paper: bool = False, **changes):
+    """The smoke pipeline at 32 px input, width 0.125: its network (three channels, beam-centre head and
+    beam-region branch from 64 px at 32 px) or, ``paper=True``, :func:`paper_network`."""
+    from xrayscatter.config import replace
+
+    config = replace(smoke_pipeline(), "resnet", **{"input_size": 32, "width_multiplier": 0.125, **changes})
+    return paper_network(config) if paper else config
+
+
+def build_resnet(settings):
+    """The network of a ``[resnet]`` section, as the training task builds it."""
+    from xrayscatter.resnet.model import build_network
+
+    head = settings.beam_centre_weight > 0
+    return build_network(settings.input_size, settings.width_multiplier, len(settings.input_channels),
+                         beam_head=head, detail_size=settings.detail_size if head else 0,
+                         detail_crop=settings.detail_crop, detail_window=settings.detail_window)
+
+
+def tiny_resnet(config=None, seed: int = 0, trained_statistics: bool = False):
+    """(network, feature extractor) of an untrained narrow ResNet-50 of ``config`` (default
+    :func:`tiny_resnet_config`); optionally with random batch-norm statistics (as if trained: an export
+    must carry them)."""
     import keras
 
-    from xrayscatter.resnet.model import build_backbone, build_classifier
+    from xrayscatter.resnet.model import batch_norm_layers, feature_extractor
 
+    config = config or tiny_resnet_config()
     keras.utils.set_random_seed(seed)
-    backbone = build_backbone(input_size, width, channels)
-    classifier = build_classifier(backbone)
+    network = build_resnet(config.resnet)
     if trained_statistics:
         rng = np.random.default_rng(seed)
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
-                layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
-    return classifier, backbone
+        for layer in batch_norm_layers(network):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
+    return network, feature_extractor(network)
 
 
 def export_tiny_resnet(output_dir: str | Path, config=None, extra_metadata: dict | None = None,
@@ -126,15 +154,13 @@ def export_tiny_resnet(output_dir: str | Path, config=None, extra_metadata: dict
     """An untrained narrow ResNet-50 exported by ``resnet.export.export_resnet``.
 
     Args:
-        config: its pipeline (default: smoke at 32 px input, width 0.125).
+        config: its pipeline (default :func:`tiny_resnet_config`: with the beam-centre head).
     """
-    from xrayscatter.config import replace
     from xrayscatter.resnet.export import export_resnet
 
-    config = config or replace(smoke_pipeline(), "resnet", input_size=32, width_multiplier=0.125)
-    classifier, backbone = tiny_resnet(config.resnet.input_size, config.resnet.width_multiplier, seed,
-                                       trained_statistics, channels=len(config.resnet.input_channels))
-    return export_resnet(classifier, backbone, config, extra_metadata, output_dir=output_dir)
+    config = config or tiny_resnet_config()
+    network, features = tiny_resnet(config, seed, trained_statistics)
+    return export_resnet(network, features, config, extra_metadata, output_dir=output_dir)
 
 
 def tiny_autoencoder_config(**changes):

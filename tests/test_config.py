@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from xrayscatter.config import load_config
@@ -52,3 +54,43 @@ def test_missing_and_invalid_toml(tmp_path):
     (tmp_path / "x.toml").write_text("name = ")
     with pytest.raises(XrayscatterError, match="not valid TOML"):
         load_config(tmp_path / "x.toml")
+
+
+@pytest.mark.parametrize("line, key", [
+    ('input_channels = ["log", "rgb"]', "resnet.input_channels"),
+    ('input_channels = ["log", "log"]', "resnet.input_channels"),
+    ("input_channels = []", "resnet.input_channels"),
+    ('input_channels = "log"', "resnet.input_channels"),
+    ("gaps_missing_fraction = 1.5", "resnet.gaps_missing_fraction"),
+    ("beam_centre_weight = -1.0", "resnet.beam_centre_weight"),
+    ("detail_size = 32", "resnet.detail_size"),  # below input_size (64)
+    ("beam_centre_weight = 0.0\ndetail_size = 64", "resnet.detail_size"),  # the branch needs the head
+    ("detail_crop = 4", "resnet.detail_crop"),
+    ("detail_window = 0.0", "resnet.detail_window"),
+    ("detail_window = 1.5", "resnet.detail_window"),
+    ("batch_norm_images = -1", "resnet.batch_norm_images"),
+    ('weight_averaging = "yes"', "resnet.weight_averaging"),
+    ("threshold_precision = 0.0", "resnet.threshold_precision"),
+    ("threshold_precision = 1.2", "resnet.threshold_precision"),
+    ("threshold_floor = 1.0", "resnet.threshold_floor"),
+    ("threshold_floor = -0.1", "resnet.threshold_floor"),
+])
+def test_each_new_resnet_key_names_itself_when_bad(tmp_path, line, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[resnet]\ninput_size = 64\n{line}\n")
+    with pytest.raises(XrayscatterError, match=rf"bad\.toml.*'{re.escape(key)}"):
+        load_config(path)
+
+
+def test_new_resnet_keys_load_and_default_to_the_three_channel_network_with_both_heads(tmp_path):
+    from xrayscatter.config import INPUT_CHANNELS, ResNetConfig
+
+    default = ResNetConfig()
+    assert default.input_channels == ("filled", "contrast", "valid") and set(default.input_channels) <= set(INPUT_CHANNELS)
+    assert default.beam_centre_weight > 0 and default.detail_size >= default.input_size
+    path = tmp_path / "paper_network.toml"
+    path.write_text('[resnet]\ninput_channels = ["log"]\nbeam_centre_weight = 0.0\ndetail_size = 0\n'
+                    "weight_averaging = true\nthreshold_precision = 1.0\nthreshold_floor = 0.0\n")
+    config = load_config(path)
+    assert config.resnet.input_channels == ("log",) and config.resnet.beam_centre_weight == 0.0
+    assert config.resnet.weight_averaging and config.resnet.threshold_floor == 0.0

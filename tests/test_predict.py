@@ -17,12 +17,12 @@ from helpers import shared_saved_models
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.cli import main
 from xrayscatter.errors import XrayscatterError
-from xrayscatter.predict import TaggingModel, predict_directory, resolve_model_dir
+from xrayscatter.predict import ImageResult, TaggingModel, default_model, predict_directory, resolve_model_dir
 
 
 @pytest.fixture(scope="module")
 def resnet_dir(tmp_path_factory):
-    """saved_models/resnet/1/ of a tiny untrained ResNet."""
+    """saved_models/resnet/1/ of a tiny untrained ResNet (three channels, beam-centre head, beam-region branch)."""
     return shared_saved_models(tmp_path_factory, ["resnet"]) / "resnet" / "1"
 
 
@@ -58,6 +58,9 @@ def test_bad_input_never_stops_the_batch(tmp_path, resnet_dir, capsys):
     for name, reason in bad.items():
         line = next((l for l in out.splitlines() if f" {name} " in l), None)
         assert line is not None and reason in line, f"{name} not reported with '{reason}'"
+    with output.open() as f:
+        header = next(csv.reader(f))
+    assert header[:7] == ["file", "frame", "error", "tags", "beam_x", "beam_y", "beam_on_image"]  # the model has the head
     rows = list(csv.DictReader(output.open()))
     stack_rows = [(r["file"], r["frame"]) for r in rows if r["file"] in {str(folder / n) for n in stacks}]
     assert sorted(stack_rows) == sorted((str(folder / n), str(k)) for n, count in stacks.items() for k in range(count))
@@ -66,12 +69,16 @@ def test_bad_input_never_stops_the_batch(tmp_path, resnet_dir, capsys):
     for name in good:
         row = rows[str(folder / name)]
         assert row["error"] == ""
+        height, width = good[name].shape
+        x, y = float(row["beam_x"]), float(row["beam_y"])
+        assert row["beam_on_image"] == str(int(0 <= x < width and 0 <= y < height))
         probabilities = [float(row[f"{slug(a)}_probability"]) for a in ATTRIBUTES]
         assert all(0.0 <= p <= 1.0 for p in probabilities)
         assert [int(row[f"{slug(a)}_decision"]) for a in ATTRIBUTES] == [int(p >= 0.5) for p in probabilities]
     for name, reason in bad.items():
         row = rows[str(folder / name)]
         assert row["error"].startswith(reason) and row["bcc_probability"] == "" and row["frame"] == ""
+        assert row["beam_x"] == row["beam_y"] == row["beam_on_image"] == ""
     assert f"{len(good) + sum(stacks.values())} tagged, {len(bad)} failed" in out
 
 
@@ -93,6 +100,13 @@ def test_predictions_equal_the_model_on_each_image_alone(tmp_path, tagging_model
         got = np.array([record["probabilities"][a] for a in ATTRIBUTES], np.float32)
         np.testing.assert_allclose(got, alone[0], rtol=1e-5, atol=1e-6, err_msg=name)
         assert record["tags"] == [a for a in ATTRIBUTES if record["decisions"][a]]
+        # The beam centre (x, y) px of this image, as the model's beam_centre signature gives it alone.
+        beam = tagging_model.beam_centre(counts[None])
+        assert beam.shape == (1, 2)
+        assert record["beam_centre"]["x"] == pytest.approx(float(beam[0, 0]), abs=0.01)
+        assert record["beam_centre"]["y"] == pytest.approx(float(beam[0, 1]), abs=0.01)
+        height, width = counts.shape
+        assert record["beam_centre"]["on_image"] == bool(0 <= beam[0, 0] < width and 0 <= beam[0, 1] < height)
 
 
 def test_decisions_use_the_thresholds_stored_in_the_model(tmp_path, resnet_dir):
@@ -155,19 +169,88 @@ def test_all_files_read_exit_0(tmp_path, resnet_dir, capsys):
     assert "pilatus_0002.cbf" in out and "7 tagged, 0 failed" in out
 
 
-def test_default_model_is_the_newest_version_attributes_before_resnet(tmp_path, monkeypatch):
+def _version(folder, comparison: dict | None = None) -> None:
+    """A stand-in SavedModel version folder, with an attribute model's held-out comparison if given."""
+    folder.mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"")
+    if comparison is not None:
+        (folder / "assets.extra").mkdir()
+        (folder / "assets.extra" / "metadata.json").write_text(json.dumps({"holdout_comparison": comparison}))
+
+
+def test_an_explicit_model_folder_resolves_to_its_newest_version(tmp_path):
     root = tmp_path / "saved_models"
     for version in ("1", "2", "10", ".tmp-export-9"):
-        (root / "resnet" / version).mkdir(parents=True)
-        (root / "resnet" / version / "saved_model.pb").write_bytes(b"")
+        _version(root / "resnet" / version)
     assert resolve_model_dir(root=root) == root / "resnet" / "10"
+    assert default_model(root) == (root / "resnet" / "10", "ResNet")
     assert resolve_model_dir(root / "resnet") == root / "resnet" / "10"
     assert resolve_model_dir(root / "resnet" / "2") == root / "resnet" / "2"
-    (root / "attributes" / "3").mkdir(parents=True)
-    (root / "attributes" / "3" / "saved_model.pb").write_bytes(b"")
-    assert resolve_model_dir(root=root) == root / "attributes" / "3"
     with pytest.raises(XrayscatterError, match="no trained model found"):
         resolve_model_dir(root=tmp_path / "elsewhere")
+
+
+def test_default_model_is_the_attribute_model_only_when_it_scored_higher_against_the_newest_resnet(tmp_path,
+                                                                                                  monkeypatch):
+    root = tmp_path / "saved_models"
+    for version in ("1", "2"):
+        _version(root / "resnet" / version)
+    newest = root / "resnet" / "2"
+
+    def with_comparison(version: str, ours, theirs, against) -> tuple:
+        folder = root / "attributes" / version
+        _version(folder, {"attributes_model_mAP": ours, "resnet_mAP": theirs, "resnet_saved_model": against,
+                          "better": "attributes" if ours > theirs else "resnet"})
+        path, reason = default_model(root)
+        assert resolve_model_dir(root=root) == path
+        return path, reason
+
+    _version(root / "attributes" / "1")  # no comparison (an attribute model from before it was stored)
+    assert default_model(root) == (newest, "ResNet (the attribute model has no held-out comparison with this ResNet)")
+
+    path, reason = with_comparison("2", 0.62, 0.55, str(newest))
+    assert path == root / "attributes" / "2"
+    assert reason == "attribute model: held-out mAP 62.0 % vs the ResNet's 55.0 % on the same images"
+
+    path, reason = with_comparison("3", 0.50, 0.55, str(newest))  # the newest attribute model is worse
+    assert path == newest and reason == "ResNet: held-out mAP 55.0 % vs the attribute model's 50.0 % on the same images"
+
+    path, _ = with_comparison("4", 0.55, 0.55, str(newest))  # a tie: the ResNet
+    assert path == newest
+
+    path, reason = with_comparison("5", 0.90, 0.55, str(root / "resnet" / "1"))  # compared with an older ResNet
+    assert path == newest and "no held-out comparison with this ResNet" in reason
+
+    _version(root / "attributes" / "6", {"attributes_model_mAP": None, "resnet_mAP": 0.5,
+                                         "resnet_saved_model": str(newest)})
+    assert default_model(root)[0] == newest  # nothing measured
+
+    # The evaluation stores the ResNet's path as the pipeline names it (relative to the project folder).
+    monkeypatch.chdir(tmp_path)
+    path, _ = with_comparison("7", 0.62, 0.55, "saved_models/resnet/2")
+    assert path == root / "attributes" / "7"
+    path, _ = with_comparison("8", 0.62, 0.55, "other/saved_models/resnet/2")
+    assert path == newest
+
+
+def test_default_model_without_a_resnet_is_the_attribute_model(tmp_path):
+    root = tmp_path / "saved_models"
+    _version(root / "attributes" / "1")
+    assert default_model(root) == (root / "attributes" / "1", "attribute model (no ResNet found)")
+    _version(root / "attributes" / "2", {"attributes_model_mAP": 0.3, "resnet_mAP": 0.5,
+                                         "resnet_saved_model": "saved_models/resnet/1"})
+    assert default_model(root) == (root / "attributes" / "2", "attribute model (no ResNet found)")
+
+
+def test_beam_on_image_is_measured_against_the_image_it_came_from():
+    def result(x, y):
+        return ImageResult(path=None, beam_xy=np.array([x, y], np.float32), shape=(10, 20))
+
+    assert result(0.0, 0.0).beam_on_image and result(19.9, 9.9).beam_on_image
+    assert not result(20.0, 5.0).beam_on_image and not result(5.0, -0.1).beam_on_image
+    assert not result(5.0, 10.0).beam_on_image  # x is the column (of 20), y the row (of 10)
+    assert result(15.0, 5.0).beam_on_image
+    assert ImageResult(path=None).beam_on_image is None
 
 
 # --------------------------------------------------------------------------- frames, headers, the contact sheet

@@ -1,4 +1,6 @@
-"""ResNet SavedModel: signatures on raw counts, 15-crop by hand, metadata inside, plain TF and saved_model_cli."""
+"""ResNet SavedModel: signatures on raw counts, 15-crop by hand, metadata inside, plain TF and saved_model_cli;
+for the paper's network (one channel, attributes) and the default one (three channels, beam-centre head,
+beam-region branch), whose ``beam_centre`` signature maps the network's estimate back to the input's pixels."""
 
 from __future__ import annotations
 
@@ -13,27 +15,32 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import export_tiny_resnet, tiny_resnet
+from helpers import export_tiny_resnet, tiny_resnet, tiny_resnet_config
 from xrayscatter.attributes import ATTRIBUTES
-from xrayscatter.config import replace
-from xrayscatter.normalization import normalize_counts, pad_to_square, to_model_input
+from xrayscatter.normalization import model_input, normalize_counts, pad_to_square, to_model_input
 from xrayscatter.resnet.features import fifteen_crop_scales
 from xrayscatter.saved_model import METADATA_FILE
 
 SAVED_MODEL_CLI = Path(sys.executable).with_name("saved_model_cli")
 INPUT_SIZE = 32
 SIGNATURES = {"serving_default": "probabilities", "features_15crop": "features", "features": "features"}
+BEAM_SIGNATURES = {**SIGNATURES, "beam_centre": "beam_centre"}
 
 
-@pytest.fixture(scope="module")
-def exported(smoke_config, tmp_path_factory):
-    """(SavedModel folder, classifier, backbone) of a tiny ResNet with non-trivial batch-norm statistics."""
-    config = replace(smoke_config, "resnet", input_size=INPUT_SIZE, width_multiplier=0.125)
+@pytest.fixture(scope="module", params=["paper", "beam"])
+def exported(request, tmp_path_factory):
+    """(kind, config, SavedModel folder, network, feature extractor) of a tiny ResNet with non-trivial batch-norm
+    statistics: the paper's network, or the default one with the beam-centre head and the beam-region branch."""
+    config = tiny_resnet_config(paper=request.param == "paper")
     # As if trained: the export must carry the moving statistics.
     path = export_tiny_resnet(tmp_path_factory.mktemp("saved_models") / "resnet", config, {"note": "test"},
                               trained_statistics=True, seed=3)
-    classifier, backbone = tiny_resnet(INPUT_SIZE, 0.125, seed=3, trained_statistics=True)  # the same weights
-    return path, classifier, backbone
+    network, features = tiny_resnet(config, seed=3, trained_statistics=True)  # the same weights
+    return request.param, config, path, network, features
+
+
+def signatures_of(exported) -> dict:
+    return BEAM_SIGNATURES if exported[0] == "beam" else SIGNATURES
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +53,47 @@ def counts():
     return images
 
 
+def _padding_offset(counts: np.ndarray) -> np.ndarray:
+    """(x, y) px that centring the image in its padded square adds, and the square's side."""
+    height, width = counts.shape[1:]
+    side = max(height, width)
+    return np.array([(side - width) // 2, (side - height) // 2], np.float32), side
+
+
+def expected_outputs(exported, counts) -> dict:
+    """What each signature must return, computed directly with the Keras models."""
+    kind, config, _, network, features = exported
+    if kind == "paper":
+        x = to_model_input(tf.constant(counts), INPUT_SIZE)  # the first models' input, channel for channel
+        return {"serving_default": network(x, training=False).numpy(),
+                "features": features(x, training=False).numpy(),
+                "features_15crop": _fifteen_crop_by_hand(features, counts, ("log",))}
+    channels = config.resnet.input_channels
+    x = model_input(tf.constant(counts), INPUT_SIZE, channels)
+    detail = model_input(tf.constant(counts), config.resnet.detail_size, channels)
+    out = network({"image": x, "detail": detail, "centre": tf.fill((len(counts), 2), np.nan)}, training=False)
+    offset, side = _padding_offset(counts)
+    return {"serving_default": out["attributes"].numpy(),
+            "beam_centre": out["beam"].numpy() * side - offset,
+            "features": features(x, training=False).numpy(),
+            "features_15crop": _fifteen_crop_by_hand(features, counts, channels)}
+
+
 @pytest.fixture(scope="module")
 def expected(exported, counts) -> dict:
-    """What each signature must return, computed directly with the Keras models."""
-    _, classifier, backbone = exported
-    x = to_model_input(tf.constant(counts), INPUT_SIZE)
-    return {"serving_default": classifier(x, training=False).numpy(),
-            "features": backbone(x, training=False).numpy(),
-            "features_15crop": _fifteen_crop_by_hand(backbone, counts)}
+    return expected_outputs(exported, counts)
 
 
-def _fifteen_crop_by_hand(backbone, counts) -> np.ndarray:
-    """15 separate forward passes of explicitly sliced crops, averaged."""
-    square = pad_to_square(normalize_counts(tf.constant(counts))[..., None])
+def _fifteen_crop_by_hand(backbone, counts, channels) -> np.ndarray:
+    """15 separate forward passes of explicitly sliced crops of the channels made at each scale, averaged."""
+    if channels == ("log",):  # the first models' resize, written out
+        square = pad_to_square(normalize_counts(tf.constant(counts))[..., None])
+        resize = lambda scale: tf.image.resize(square, (scale, scale), method="bilinear", antialias=True)  # noqa: E731
+    else:
+        resize = lambda scale: model_input(tf.constant(counts), scale, channels)  # noqa: E731
     features = []
     for scale in fifteen_crop_scales(INPUT_SIZE):
-        resized = tf.image.resize(square, (scale, scale), method="bilinear", antialias=True).numpy()
+        resized = resize(scale).numpy()
         far, mid = scale - INPUT_SIZE, (scale - INPUT_SIZE) // 2
         for top, left in ((mid, mid), (0, 0), (0, far), (far, 0), (far, far)):
             crop = resized[:, top:top + INPUT_SIZE, left:left + INPUT_SIZE, :]
@@ -71,10 +103,11 @@ def _fifteen_crop_by_hand(backbone, counts) -> np.ndarray:
 
 
 def test_signatures_on_raw_counts_equal_the_keras_models(exported, counts, expected):
-    path, _, _ = exported
+    path = exported[2]
     assert fifteen_crop_scales(224) == (256, 384, 512) and fifteen_crop_scales(INPUT_SIZE) == (37, 55, 73)
     loaded = tf.saved_model.load(str(path))
-    for signature, output in SIGNATURES.items():
+    assert set(loaded.signatures) == set(signatures_of(exported))  # beam_centre only with the head
+    for signature, output in signatures_of(exported).items():
         result = loaded.signatures[signature](images=tf.constant(counts))
         assert list(result) == [output]
         np.testing.assert_allclose(result[output].numpy(), expected[signature], rtol=1e-4, atol=1e-5,
@@ -84,13 +117,34 @@ def test_signatures_on_raw_counts_equal_the_keras_models(exported, counts, expec
     assert not np.allclose(expected["features_15crop"], expected["features"], atol=1e-4)
 
 
+def test_beam_centre_is_in_pixels_of_the_input_image_whichever_side_is_longer(exported, counts):
+    kind, _, path, network, _ = exported
+    loaded = tf.saved_model.load(str(path))
+    if kind == "paper":
+        assert "beam_centre" not in loaded.signatures
+        return
+    for images in (counts, np.ascontiguousarray(counts.transpose(0, 2, 1))):  # wide (padded above), tall (left)
+        offset, side = _padding_offset(images)
+        assert offset.max() == 8 and offset.min() == 0
+        served = loaded.signatures["beam_centre"](images=tf.constant(images))["beam_centre"].numpy()
+        fraction = expected_outputs(exported, images)["beam_centre"]
+        np.testing.assert_allclose(served, fraction, rtol=1e-4, atol=1e-3)
+        # Back to fractions of the padded square: inside it (a soft-argmax over the heatmap).
+        square = (served + offset) / side
+        assert served.shape == (2, 2) and ((square > 0) & (square < 1)).all()
+
+
 def test_metadata_travels_inside_the_saved_model(exported):
-    path, _, _ = exported
+    kind, config, path, _, _ = exported
     metadata = json.loads((path / METADATA_FILE).read_text())
     assert metadata["attributes"] == list(ATTRIBUTES)
     assert metadata["input_size"] == INPUT_SIZE and metadata["feature_size"] == 256
+    assert metadata["input_channels"] == (["log"] if kind == "paper" else ["filled", "contrast", "valid"])
+    assert ("beam_centre" in metadata["signatures"]) == (kind == "beam")
+    assert ("beam-region branch" in metadata["architecture"]) == (kind == "beam")
     assert "log1p" in metadata["normalization"] and metadata["note"] == "test"
     assert metadata["config"]["resnet"]["input_size"] == INPUT_SIZE
+    assert metadata["config"]["resnet"]["input_channels"] == metadata["input_channels"]
     assert metadata["model"] == "resnet" and metadata["format_version"] == 1 and metadata["created"]
     assert {"xrayscatter", "tensorflow", "keras"} <= set(metadata["versions"])
     loaded = tf.saved_model.load(str(path))
@@ -101,7 +155,8 @@ def test_metadata_travels_inside_the_saved_model(exported):
 
 
 def test_plain_tensorflow_process_loads_and_calls_every_signature(exported, counts, expected, tmp_path):
-    path, _, _ = exported
+    path = exported[2]
+    signatures = signatures_of(exported)
     np.save(tmp_path / "images.npy", counts)
     script = textwrap.dedent(f"""
         import sys
@@ -109,7 +164,7 @@ def test_plain_tensorflow_process_loads_and_calls_every_signature(exported, coun
         import tensorflow as tf
         model = tf.saved_model.load({str(path)!r})
         images = tf.constant(np.load({str(tmp_path / 'images.npy')!r}))
-        for name in {list(SIGNATURES)!r}:
+        for name in {list(signatures)!r}:
             for key, value in model.signatures[name](images=images).items():
                 np.save({str(tmp_path)!r} + f"/{{name}}.npy", value.numpy())
         assert not any(m.startswith("xrayscatter") for m in sys.modules), "xrayscatter was imported"
@@ -120,13 +175,15 @@ def test_plain_tensorflow_process_loads_and_calls_every_signature(exported, coun
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "17"
-    for signature in SIGNATURES:
+    for signature in signatures:
         np.testing.assert_allclose(np.load(tmp_path / f"{signature}.npy"), expected[signature],
                                    rtol=1e-4, atol=1e-5, err_msg=signature)
 
 
 def test_saved_model_cli_runs_every_signature_in_the_session_loader(exported, counts, expected, tmp_path):
-    path, _, _ = exported
+    if exported[0] != "paper":
+        pytest.skip("the session loader runs the default network's signatures in tests/test_serving.py")
+    path = exported[2]
     np.save(tmp_path / "images.npy", counts)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     runs = {signature: subprocess.Popen(

@@ -1,13 +1,18 @@
-"""The ResNet builder is keras.applications.ResNet50 at width 1, and narrows cleanly."""
+"""The ResNet builder is keras.applications.ResNet50 at width 1, and narrows cleanly; the beam-centre head,
+the beam-region branch, the feature extractor and batch-norm recalibration."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
-from xrayscatter.resnet.model import build_backbone, build_classifier, feature_size, first_conv_kernel
+from xrayscatter.resnet.model import (BACKBONE_NAME, BeamWindow, SoftArgmax2D, attribute_probabilities,
+                                      batch_norm_layers, build_backbone, build_classifier, build_network,
+                                      feature_extractor, feature_size, first_conv_kernel, recalibrate_batch_norm,
+                                      sample_window)
 
 
 def _structure(model: keras.Model) -> list[tuple]:
@@ -53,3 +58,144 @@ def test_bad_arguments_are_rejected():
         build_backbone(16)
     with pytest.raises(ValueError, match="width_multiplier"):
         build_backbone(32, 0.0)
+
+
+# --------------------------------------------------------------------------- heads and branches
+def test_soft_argmax_finds_a_peak_as_fractions_of_the_map():
+    logits = np.zeros((3, 6, 10, 1), np.float32)
+    logits[0, 2, 7] = 60.0  # row 2, column 7
+    logits[1, 5, 0] = 60.0
+    out = keras.ops.convert_to_numpy(SoftArgmax2D()(logits))
+    assert out.shape == (3, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], [7.5 / 10, 2.5 / 6], atol=1e-5)  # (x, y), pixel centres at index + 0.5
+    np.testing.assert_allclose(out[1], [0.5 / 10, 5.5 / 6], atol=1e-5)
+    np.testing.assert_allclose(out[2], [0.5, 0.5], atol=1e-6)  # a flat map: its centre
+    two = np.zeros((1, 6, 10, 1), np.float32)
+    two[0, 1, 2] = two[0, 3, 6] = 60.0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(SoftArgmax2D()(two))[0], [4.5 / 10, 2.5 / 6], atol=1e-5)
+
+
+def test_sample_window_copies_pixels_at_scale_one_and_is_zero_outside():
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 20, 20, 3)).astype(np.float32)
+    crop = 6
+    # Windows of 6 px (0.3 of 20) whose top-left pixels are (row 4, column 9) and (row −2, column 16).
+    tops, lefts = np.array([4, -2]), np.array([9, 16])
+    centres = np.stack([(lefts + crop / 2) / 20, (tops + crop / 2) / 20], axis=1).astype(np.float32)
+    out = sample_window(tf.constant(images), tf.constant(centres), crop / 20, crop).numpy()
+    assert out.shape == (2, crop, crop, 3)
+    np.testing.assert_allclose(out[0], images[0, 4:10, 9:15], atol=1e-5)  # an exact copy (to float32 coordinate rounding)
+    np.testing.assert_allclose(out[1, 2:, :4], images[1, 0:4, 16:20], atol=1e-5)
+    np.testing.assert_array_equal(out[1, :2], 0.0)  # above the image
+    np.testing.assert_array_equal(out[1, :, 4:], 0.0)  # right of it
+    # Half a pixel off: the mean of two neighbours (bilinear).
+    shifted = centres[:1] + np.float32([0.5 / 20, 0.0])
+    half = sample_window(tf.constant(images[:1]), tf.constant(shifted), crop / 20, crop).numpy()
+    np.testing.assert_allclose(half[0], (images[0, 4:10, 9:15] + images[0, 4:10, 10:16]) / 2, atol=1e-5)
+    # The whole image at its own size: the identity.
+    whole = sample_window(tf.constant(images), tf.constant([[0.5, 0.5]] * 2), 1.0, 20).numpy()
+    np.testing.assert_allclose(whole, images, atol=1e-5)
+
+
+def test_beam_window_uses_the_given_centre_or_else_the_estimate():
+    images = np.random.default_rng(1).random((3, 16, 16, 2)).astype(np.float32)
+    given = np.array([[0.25, 0.5], [np.nan, np.nan], [0.75, 0.25]], np.float32)
+    estimate = np.array([[0.5, 0.5], [0.3125, 0.6875], [0.5, 0.5]], np.float32)
+    layer = BeamWindow(crop=4, window=0.25)
+    out = keras.ops.convert_to_numpy(layer(images, given, estimate))
+    used = np.where(np.isfinite(given), given, estimate)
+    np.testing.assert_allclose(out, sample_window(tf.constant(images), tf.constant(used), 0.25, 4).numpy(), atol=1e-6)
+    np.testing.assert_allclose(out[1], images[1, 9:13, 3:7], atol=1e-5)  # the estimate's window, exactly
+    np.testing.assert_allclose(out[0], images[0, 6:10, 2:6], atol=1e-5)  # the given one's
+    assert layer.compute_output_shape((None, 16, 16, 2)) == (None, 4, 4, 2)
+    assert BeamWindow.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("detail_size", [0, 48])
+def test_network_with_the_beam_head_outputs_attributes_and_beam_centre(detail_size):
+    network = build_network(32, 0.125, 3, beam_head=True, detail_size=detail_size, detail_crop=16)
+    rng = np.random.default_rng(0)
+    inputs = {"image": rng.random((2, 32, 32, 3), dtype=np.float32)}
+    if detail_size:
+        inputs.update(detail=rng.random((2, 48, 48, 3), dtype=np.float32),
+                      centre=np.array([[0.5, 0.4], [np.nan, np.nan]], np.float32))
+    assert set(network.input) == set(inputs)
+    out = network(inputs, training=False)
+    assert set(out) == {"attributes", "beam"}
+    attributes, beam = (keras.ops.convert_to_numpy(out[k]) for k in ("attributes", "beam"))
+    assert attributes.shape == (2, NUM_ATTRIBUTES) and np.all((attributes > 0) & (attributes < 1))
+    assert beam.shape == (2, 2) and np.all((beam > 0) & (beam < 1))  # a soft-argmax over the map: inside
+    assert first_conv_kernel(network.get_layer(BACKBONE_NAME)).shape == (7, 7, 3, 8)
+    names = {layer.name for layer in network.layers}
+    assert ("detail_branch" in names) == bool(detail_size) and ("beam_window" in names) == bool(detail_size)
+    if detail_size:  # the branch changes the attributes, not the beam estimate
+        other = dict(inputs, detail=inputs["detail"][::-1])
+        moved = network(other, training=False)
+        assert not np.allclose(keras.ops.convert_to_numpy(moved["attributes"]), attributes)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(moved["beam"]), beam, atol=1e-6)
+
+
+def test_network_without_the_head_is_the_papers_classifier():
+    network = build_network(32, 0.125, 1)
+    reference = build_classifier(build_backbone(32, 0.125))
+    assert network.count_params() == reference.count_params()
+    assert tuple(network.output.shape) == (None, NUM_ATTRIBUTES)
+    with pytest.raises(ValueError, match="detail branch needs the beam head"):
+        build_network(32, 0.125, 1, detail_size=64)
+
+
+@pytest.mark.parametrize("beam_head", [False, True])
+def test_feature_extractor_gives_the_pooled_features_the_attribute_head_reads(beam_head):
+    network = build_network(32, 0.125, 2, beam_head=beam_head)
+    features = feature_extractor(network)
+    image = np.random.default_rng(2).random((3, 32, 32, 2), dtype=np.float32)
+    pooled = keras.ops.convert_to_numpy(features(image, training=False))
+    assert pooled.shape == (3, feature_size(0.125)) and tuple(features.output.shape) == (None, 256)
+    head = network.get_layer("attributes")
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in head.weights)
+    out = network({"image": image} if beam_head else image, training=False)
+    probabilities = keras.ops.convert_to_numpy(attribute_probabilities(out))
+    np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-(pooled @ kernel + bias))), rtol=1e-4, atol=1e-6)
+
+
+def test_recalibrated_moving_statistics_are_the_average_batch_statistics():
+    network = build_network(32, 0.125, 3, beam_head=True, detail_size=32, detail_crop=16)
+    rng = np.random.default_rng(3)
+    batches = [{"image": rng.gamma(2.0, 0.2, (4, 32, 32, 3)).astype(np.float32),
+                "detail": rng.random((4, 32, 32, 3), dtype=np.float32),
+                "centre": np.full((4, 2), np.nan, np.float32)} for _ in range(3)]
+    layers = batch_norm_layers(network)
+    assert len(layers) == 53 + 5  # the backbone's and the detail branch's
+    before = [keras.ops.convert_to_numpy(layer.moving_mean) for layer in layers]
+
+    assert recalibrate_batch_norm(network, batches) == 3
+
+    trunk = network.get_layer(BACKBONE_NAME)
+    conv1 = keras.Model(trunk.input, trunk.get_layer("conv1_conv").output)  # what conv1_bn normalises
+    outputs = [keras.ops.convert_to_numpy(conv1(b["image"])) for b in batches]
+    bn = trunk.get_layer("conv1_bn")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean),
+                               np.mean([o.mean(axis=(0, 1, 2)) for o in outputs], axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance),
+                               np.mean([o.var(axis=(0, 1, 2)) for o in outputs], axis=0), rtol=1e-3, atol=1e-6)
+    assert all(layer.momentum == 0.99 for layer in layers)  # put back
+    changed = [not np.allclose(b, keras.ops.convert_to_numpy(layer.moving_mean)) for b, layer in zip(before, layers)]
+    assert all(changed)
+    assert recalibrate_batch_norm(network, []) == 0
+
+
+def test_one_xla_compiled_training_step_of_the_full_network():
+    from xrayscatter.resnet.task import beam_centre_error, summed_binary_crossentropy
+
+    network = build_network(32, 0.125, 3, beam_head=True, detail_size=32, detail_crop=16)
+    network.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=True,
+                    loss={"attributes": summed_binary_crossentropy, "beam": beam_centre_error})
+    rng = np.random.default_rng(4)
+    inputs = {"image": rng.random((4, 32, 32, 3), dtype=np.float32), "detail": rng.random((4, 32, 32, 3), dtype=np.float32),
+              "centre": np.array([[0.5, 0.5], [np.nan, np.nan], [0.2, 0.7], [np.nan, np.nan]], np.float32)}
+    targets = {"attributes": (rng.random((4, NUM_ATTRIBUTES)) < 0.3).astype(np.float32),
+               "beam": np.array([[0.5, 0.5], [np.nan, np.nan], [0.2, 0.7], [1.3, 0.5]], np.float32)}
+    before = keras.ops.convert_to_numpy(network.get_layer("beam_map_logits").kernel)
+    losses = network.train_on_batch(inputs, targets)
+    assert np.isfinite(np.asarray(losses)).all()
+    assert not np.allclose(before, keras.ops.convert_to_numpy(network.get_layer("beam_map_logits").kernel))

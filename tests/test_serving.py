@@ -40,6 +40,7 @@ DOCUMENTED = {
         "serving_default": ("images", (-1, -1, -1), {"probabilities": ("DT_FLOAT", (-1, len(ATTRIBUTES)))}),
         "features_15crop": ("images", (-1, -1, -1), {"features": ("DT_FLOAT", (-1, RESNET_FEATURES))}),
         "features": ("images", (-1, -1, -1), {"features": ("DT_FLOAT", (-1, RESNET_FEATURES))}),
+        "beam_centre": ("images", (-1, -1, -1), {"beam_centre": ("DT_FLOAT", (-1, 2))}),  # the default network's head
     },
     "attributes": {
         "serving_default": ("images", (-1, -1, -1), {"scores": ("DT_FLOAT", (-1, len(ATTRIBUTES))),
@@ -225,19 +226,71 @@ def test_models_config_is_a_valid_model_server_config_for_every_model(saved_mode
     assert [c.name for c in config.model_config_list.config] == ["resnet", "autoencoder", "attributes"]
 
 
-def test_predict_uses_the_attribute_model_by_default_and_its_own_decisions(saved_models, tmp_path, monkeypatch):
+def _project_folder(saved_models: Path, root: Path, comparison: dict | None) -> Path:
+    """A project folder holding a copy of ``saved_models/`` (resnet/1, autoencoder/1, attributes/1), the attribute
+    model's metadata given a held-out comparison against the ResNet as ``evaluate`` stores it (None: none)."""
+    import shutil
+
+    project = root / "project"
+    shutil.copytree(saved_models, project / "saved_models", symlinks=True)
+    metadata_file = project / "saved_models" / "attributes" / "1" / "assets.extra" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata.pop("holdout_comparison", None)
+    if comparison is not None:
+        metadata["holdout_comparison"] = comparison
+    metadata_file.write_text(json.dumps(metadata))
+    return project
+
+
+def _predict_without_model(project: Path, images: Path, output: Path, capsys, monkeypatch) -> str:
+    """``xrayscatter predict IMAGES --output OUTPUT`` in the project folder; what it says on stderr."""
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(images), "--output", str(output)])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, out + err
+    return " ".join(err.split())
+
+
+def test_predict_uses_the_attribute_model_by_default_when_it_scored_higher_and_its_own_decisions(
+        saved_models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
     write_good_files(tmp_path / "images")
-    monkeypatch.chdir(saved_models.parent)  # saved_models/ as the project's working folder has it
-    (saved_models.parent / "saved_models").exists() or (saved_models.parent / "saved_models").symlink_to(saved_models)
+    project = _project_folder(saved_models, tmp_path, {
+        "attributes_model_mAP": 0.7, "resnet_mAP": 0.6, "resnet_saved_model": "saved_models/resnet/1",
+        "better": "attributes"})
     output = tmp_path / "tags.jsonl"
 
-    assert predict_directory(tmp_path / "images", output=output, quiet=True) == []
+    said = _predict_without_model(project, tmp_path / "images", output, capsys, monkeypatch)
 
+    assert "model saved_models/attributes/1: attribute model: held-out mAP 70.0 % vs the ResNet's 60.0 %" in said
     tagger = tf.saved_model.load(str(saved_models / "attributes" / "1")).signatures["serving_default"]
     for record in map(json.loads, output.read_text().splitlines()):
-        assert set(record) == {"file", "frame", "error", "tags", "scores", "decisions"}
+        assert set(record) == {"file", "frame", "error", "tags", "scores", "decisions"}  # no beam centre: SVMs only
         counts = request_counts(record["file"])
         served = tagger(images=tf.constant(counts))
         np.testing.assert_allclose([record["scores"][a] for a in ATTRIBUTES], served["scores"].numpy()[0],
                                    rtol=1e-4, atol=1e-4)
         assert [record["decisions"][a] for a in ATTRIBUTES] == served["decisions"].numpy()[0].tolist()
+
+
+@pytest.mark.parametrize("comparison", [None, {"attributes_model_mAP": 0.5, "resnet_mAP": 0.6,
+                                               "resnet_saved_model": "saved_models/resnet/1", "better": "resnet"}])
+def test_predict_uses_the_resnet_by_default_otherwise_with_its_beam_centre(saved_models, tmp_path, capsys,
+                                                                           monkeypatch, comparison):
+    monkeypatch.setenv("COLUMNS", "250")
+    write_good_files(tmp_path / "images")
+    project = _project_folder(saved_models, tmp_path, comparison)
+    output = tmp_path / "tags.jsonl"
+
+    said = _predict_without_model(project, tmp_path / "images", output, capsys, monkeypatch)
+
+    reason = ("ResNet: held-out mAP 60.0 % vs the attribute model's 50.0 %" if comparison else
+              "ResNet (the attribute model has no held-out comparison with this ResNet)")
+    assert f"model saved_models/resnet/1: {reason}" in said
+    beam_centre = tf.saved_model.load(str(saved_models / "resnet" / "1")).signatures["beam_centre"]
+    for record in map(json.loads, output.read_text().splitlines()):
+        assert set(record) == {"file", "frame", "error", "tags", "probabilities", "decisions", "beam_centre"}
+        counts = request_counts(record["file"])
+        served = beam_centre(images=tf.constant(counts))["beam_centre"].numpy()[0]
+        assert [record["beam_centre"]["x"], record["beam_centre"]["y"]] == pytest.approx(served.tolist(), abs=0.01)

@@ -60,6 +60,11 @@ def test_schema_round_trip(smoke_dataset):
         assert int(rec["run_id"]) == again.run_id
         assert rec["params"] == json.loads(json.dumps(again.params))
         assert (int(rec["height"]), int(rec["width"])) == again.counts.shape
+        # Schema v2: the light-sensitive pixels and the beam centre the simulator placed.
+        np.testing.assert_array_equal(rec["mask"], again.valid.astype(np.float32))
+        np.testing.assert_array_equal(rec["beam"], np.float32(again.beam_xy))
+    assert any(parse_example_numpy(raw)["mask"].min() == 0.0 for raw in tf.data.TFRecordDataset(
+        shard_paths(config, "train")).as_numpy_iterator())  # some images have module gaps
 
 
 def test_two_processes_write_the_same_bytes(smoke_dataset, tmp_path):

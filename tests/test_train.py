@@ -122,15 +122,15 @@ TWO_REPLICAS = textwrap.dedent("""
     from xrayscatter.config import config_from_dict
     from xrayscatter.distribute.strategy import make_statistics_sync, make_strategy
     from xrayscatter.resnet.data import make_dataset
-    from xrayscatter.resnet.model import build_backbone, build_classifier
-    from xrayscatter.resnet.task import ResNetTask, summed_binary_crossentropy
+    from xrayscatter.resnet.task import ResNetTask
     from xrayscatter.train import BatchNormSync, build_training_model
 
     config = config_from_dict(json.loads(sys.argv[1]))
     size, width, steps, lr = config.resnet.input_size, config.resnet.width_multiplier, 1, 1e-3
     strategy = make_strategy()
     keras.utils.set_random_seed(0)
-    classifier, _ = build_training_model(ResNetTask(config), strategy, steps, compile_for_fit=True,
+    task = ResNetTask(config)
+    classifier, _ = build_training_model(task, strategy, steps, compile_for_fit=True,
                                          optimizer=keras.optimizers.SGD(lr))
     start = classifier.get_weights()
     # Deterministic order, so that the reference below sees the batches the replicas see:
@@ -144,7 +144,7 @@ TWO_REPLICAS = textwrap.dedent("""
     # gradients on their own batch (own batch-norm statistics), apply the mean gradient.
     context = tf.distribute.InputContext(1, 0, 2)
     batches = list(make_dataset(config, "train", training=False, input_context=context).take(2 * steps))
-    replicas = [build_classifier(build_backbone(size, width)) for _ in range(2)]
+    replicas = [task.plain_copy(classifier)[0] for _ in range(2)]  # the same network, outside the strategy
 
     def emulate(counted):
         for model in replicas:
@@ -152,9 +152,9 @@ TWO_REPLICAS = textwrap.dedent("""
         for step in range(steps):
             gradients = []
             for r, model in enumerate(replicas):
-                images, labels = batches[2 * step + r]
+                inputs, targets = batches[2 * step + r]
                 with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(summed_binary_crossentropy(labels, model(images, training=True)))
+                    loss = tf.reduce_mean(task.per_example_loss(targets, model(inputs, training=True)))
                 gradients.append(tape.gradient(loss, model.trainable_variables))
             for model in replicas:
                 for i, variable in enumerate(model.trainable_variables):
@@ -201,8 +201,10 @@ TWO_REPLICAS = textwrap.dedent("""
 
 
 def test_fit_on_two_replicas_both_contribute_gradients_and_stay_in_sync(smoke_dataset):
-    # 8 images per replica: batch norms over fewer amplify rounding enough to blur the comparison.
+    # 8 images per replica: batch norms over fewer amplify rounding enough to blur the comparison. The
+    # smoke pipeline's network: the beam-centre head and the beam-region branch, one loss per output.
     config = replace(smoke_dataset, "resnet", input_size=64, width_multiplier=0.125, batch_size=16, cache=False)
+    assert config.resnet.beam_centre_weight > 0 and config.resnet.detail_size
     done = python_script(TWO_REPLICAS, json.dumps(config.to_dict()))
     assert done.returncode == 0, done.stderr[-4000:]
     result = last_json_line(done.stdout)

@@ -71,7 +71,7 @@ class ResNetConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     augment: bool = True
-    mixed_precision: bool = False  # mixed_float16; only worth it on GPUs
+    mixed_precision: bool = False  # mixed_float16 on GPUs, mixed_bfloat16 on CPUs with native bfloat16 (else float32)
     xla: bool = False
     cache: bool = False  # cache decoded images in memory (small data sets)
     shuffle_buffer: int = 1024

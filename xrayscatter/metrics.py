@@ -89,7 +89,8 @@ def precision_thresholds(labels: np.ndarray, scores: np.ndarray, precision: floa
     """Per attribute, a decision threshold that means something: the lowest cut at or above ``floor``
     whose precision on these labels reaches ``precision`` (the most recall at that precision); where
     no cut reaches it, the best-F1 cut at or above ``floor``; where the data cannot choose (one class
-    only, or no score at or above ``floor``), ``default``.
+    only, or no score at or above ``floor``), ``default`` (raised to ``floor`` if below it: no threshold
+    is ever below the floor).
 
     A weak classifier's best F1 sits at "say yes to almost everything" (thresholds of 0.1); asking for
     a precision first, and never switching an attribute on below ``floor``, keeps a tag a statement
@@ -104,7 +105,7 @@ def precision_thresholds(labels: np.ndarray, scores: np.ndarray, precision: floa
     """
     labels = np.asarray(labels, np.float64)
     scores = np.asarray(scores, np.float64)
-    thresholds = np.full(labels.shape[1], float(default))
+    thresholds = np.full(labels.shape[1], max(float(default), float(floor)))
     rules = ["default"] * labels.shape[1]
     for a in range(labels.shape[1]):
         y, s = _known(labels, scores, a)

@@ -1,8 +1,9 @@
 """The ResNet's tf.data input pipelines over the sharded TFRecords of one split.
 
     shard list (dataset.py) ─► (per-worker shard) ─► shuffle files (train) ─► parallel interleave
-    ─► parse + decode 16-bit PNG ─► module gaps as missing or as 0 counts ─► input channels,
-    pad square, resize (in graph) ─► cache (optional) ─► shuffle + repeat + augment (train)
+    ─► parse + decode 16-bit PNG ─► module gaps as missing or as 0 counts ─► pad square
+       (or: the record's stored ``resized`` square, schema v3, when every size made is its side)
+    ─► input channels at each size (in graph) ─► cache (optional) ─► shuffle + repeat + augment (train)
     ─► batch ─► (tf.data service, train, optional) ─► prefetch
 
 Every stage runs with ``AUTOTUNE`` parallelism; training reads in non-deterministic
@@ -15,7 +16,8 @@ Elements are ``(inputs, targets)``. Without the beam-centre head: (b, S, S, C) f
 channels (``config.resnet.input_channels``, S = ``config.resnet.input_size``) and the (b, 17)
 float32 multi-hot labels. With it (``resnet.beam_centre_weight`` > 0): inputs ``{"image"}`` — and,
 with the beam-region branch (``resnet.detail_size`` = D > 0), ``"detail"`` (b, D, D, C), the same
-image at D px, from which the image is resized, and ``"centre"`` (b, 2), the beam centre the branch
+image at D px (both made from the one padded square of counts, so that each resize fills the gaps
+at its own scale), and ``"centre"`` (b, 2), the beam centre the branch
 looks around (training: the true one, jittered; NaN where the beam is off the image and at
 evaluation: the network's own estimate) — and targets ``{"attributes": labels, "beam": (b, 2)}``,
 the beam centre (x, y) as a fraction of the image's side, moved with the image by every crop,
@@ -28,7 +30,7 @@ import tensorflow as tf
 
 from xrayscatter.dataset import count_records, read_records, shard_paths
 from xrayscatter.distribute.strategy import share_of_files
-from xrayscatter.normalization import channels_from_square, model_input, resize_square
+from xrayscatter.normalization import channels_from_square, model_input, square_log_and_valid
 from xrayscatter.schema import FEATURE_SPEC, decode_image_and_mask, decode_resized, parse_example, resized_side
 
 # Training crops come from the image resized to 256/224 of the input size: the
@@ -44,13 +46,17 @@ def train_load_size(input_size: int) -> int:
 
 
 def stored_view_size(config) -> int:
-    """Side (px) of the image training makes its input channels from (the ``resized`` record feature
-    the simulator stores for it, ``schema.py``): the beam-region branch's detail size, else the
-    augmentation's load size, else the input size."""
+    """Side (px) at which training makes its input channels, when it makes them all at one side: the image's
+    load size (the augmentation's, else the input size), which with the beam-region branch the detail size
+    must equal (``pipelines/paper.toml``: 256 and 256); else 0. The simulator stores the ``resized`` record
+    feature at this side (``schema.py``), and none at 0: the image and the detail at two sides are each made
+    from the full square of counts, because a square stored at one side would reach the other only through a
+    second resize (blurrier than the one resize that serving and evaluation make)."""
     settings = config.resnet
-    if settings.beam_centre_weight > 0 and settings.detail_size:
-        return settings.detail_size
-    return train_load_size(settings.input_size) if settings.augment else settings.input_size
+    load_size = train_load_size(settings.input_size) if settings.augment else settings.input_size
+    if settings.beam_centre_weight > 0 and settings.detail_size and settings.detail_size != load_size:
+        return 0
+    return load_size
 
 
 def shard_records(paths: list[str], training: bool, input_context) -> tf.data.Dataset:
@@ -113,14 +119,23 @@ def inputs_from_counts(counts: tf.Tensor, settings):
         return model_input(counts, settings.input_size, channels)
     if not settings.detail_size:
         return {"image": model_input(counts, settings.input_size, channels)}
-    return network_inputs(model_input(counts, settings.detail_size, channels), settings.input_size)
+    return network_inputs(*image_and_detail(counts, settings.input_size, settings.detail_size, channels))
 
 
-def network_inputs(detail: tf.Tensor, size: int) -> dict:
-    """Detail-resolution input channels (B, D, D, C) → the network's inputs at evaluation: the image resized
-    to (B, size, size, C), the detail itself, and no given centre (NaN: the network uses its own estimate)."""
+def image_and_detail(counts: tf.Tensor, size: int, detail_size: int, channels) -> tuple[tf.Tensor, tf.Tensor]:
+    """(B, H, W) raw counts → the input channels at ``size`` and at ``detail_size`` px, both from the padded
+    square of counts (the image is not resized from the detail: the ``filled`` channel is a resize of the
+    measured pixels divided by a resize of the measured fraction, which fills a gap only at its own scale)."""
+    log_square, valid_square = square_log_and_valid(counts)
+    return (channels_from_square(log_square, valid_square, size, channels),
+            channels_from_square(log_square, valid_square, detail_size, channels))
+
+
+def network_inputs(image: tf.Tensor, detail: tf.Tensor) -> dict:
+    """Input channels (B, S, S, C) and the same at detail resolution (B, D, D, C) → the network's inputs at
+    evaluation: both, and no given centre (NaN: the network uses its own estimate)."""
     batch = tf.shape(detail)[0]
-    return {"image": resize_square(detail, size), "detail": detail, "centre": tf.fill((batch, 2), float("nan"))}
+    return {"image": image, "detail": detail, "centre": tf.fill((batch, 2), float("nan"))}
 
 
 def make_dataset(config, split: str, training: bool, input_context: tf.distribute.InputContext | None = None,
@@ -159,9 +174,12 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     gaps_missing = settings.gaps_missing_fraction if training else 1.0
     beam_head = settings.beam_centre_weight > 0
     detail_size = settings.detail_size if beam_head else 0
-    storage = tf.float16 if detail_size else tf.float32  # the detail images are what the cache holds
-
-    source_size = detail_size or load_size
+    storage = tf.float16 if detail_size else tf.float32  # the cache holds the images and their detail
+    # The image (at load size) and the detail are each made from the padded square of counts; or, when this
+    # pipeline makes them at one side, from the record's stored ``resized`` square if it has that side
+    # (``stored_view_size``: input channels made from it equal those from the counts up to its 16-bit rounding).
+    sides = (load_size, detail_size) if detail_size else (load_size,)
+    stored_side = load_size if set(sides) == {load_size} else 0
 
     def decode(serialized):
         record = parse_example(serialized, decode=False)
@@ -169,32 +187,39 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
         # files: training shows both; evaluation shows them missing (mask is all 1 in v1 records).
         as_missing = tf.random.uniform(()) < gaps_missing if 0 < gaps_missing < 1 else tf.constant(gaps_missing > 0)
 
-        def from_image():
+        def views(log_square, valid_square):
+            """(1, N, N, 1) log counts and measured fraction → the input channels at each size, for the cache
+            (made once where the image and the detail have one side)."""
+            made = {side: tf.cast(channels_from_square(log_square, valid_square, side, channels)[0], storage)
+                    for side in dict.fromkeys(sides)}
+            return tuple(made[side] for side in sides)
+
+        def from_counts():
             counts, mask = decode_image_and_mask(record)
             counts = tf.where((mask > 0.5) | ~as_missing, counts, -1.0)
-            return model_input(counts[None], source_size, channels)[0]
+            return views(*square_log_and_valid(counts[None]))
 
-        def from_resized():  # the same channels from the image stored at this size (schema.py, "resized")
-            log, gaps_missing_valid, gaps_counted_valid = decode_resized(record["resized"], source_size)
+        def from_resized():  # the padded square stored at stored_side (schema.py, "resized"): no full decode
+            log, gaps_missing_valid, gaps_counted_valid = decode_resized(record["resized"], stored_side)
             valid = tf.where(as_missing, gaps_missing_valid, gaps_counted_valid)
-            return channels_from_square(log[None], valid[None], source_size, channels)[0]
+            return views(log[None], valid[None])
 
-        source = tf.cond(resized_side(record["resized"]) == source_size, from_resized, from_image)
+        made = (tf.cond(resized_side(record["resized"]) == stored_side, from_resized, from_counts) if stored_side
+                else from_counts())
         beam = beam_in_square(record["beam"], tf.cast(record["height"], tf.int32), tf.cast(record["width"], tf.int32))
-        return tf.cast(source, storage), record["labels"], beam
+        return (tuple(made) if detail_size else made[0]), record["labels"], beam
 
     def example(source, labels, beam):
-        """(network inputs, targets) from the decoded source image: crops, flips and turns when augmenting."""
-        source = tf.cast(source, tf.float32)
+        """(network inputs, targets) from the decoded image (and detail): crops, flips and turns when augmenting."""
         if not detail_size:
             image = source
             if augmentation:
                 image, beam = augment(image, beam, size)
             return ({"image": image} if beam_head else image), (
                 {"attributes": labels, "beam": beam} if beam_head else labels)
+        image, detail = (tf.cast(x, tf.float32) for x in source)
         if augmentation:
-            image = resize_square(source[None], load_size)[0]
-            image, image_beam, detail, detail_beam = augment(image, beam, size, source)
+            image, image_beam, detail, detail_beam = augment(image, beam, size, detail)
             # The true centre (jittered, as an estimate would be) while training; NaN where the beam is off
             # the image, so that the network learns to use its own estimate there, as it will at inference.
             on_image = tf.reduce_all((detail_beam >= 0.0) & (detail_beam <= 1.0))
@@ -202,7 +227,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
             inputs = {"image": image, "detail": detail,
                       "centre": tf.where(on_image, jittered, tf.fill((2,), float("nan")))}
             return inputs, {"attributes": labels, "beam": image_beam}
-        inputs = {k: v[0] for k, v in network_inputs(source[None], size).items()}
+        inputs = {k: v[0] for k, v in network_inputs(image[None], detail[None]).items()}
         return inputs, {"attributes": labels, "beam": beam}
 
     dataset = shard_records(paths, training, input_context)

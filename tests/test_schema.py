@@ -1,0 +1,74 @@
+"""The TFRecord schema v2: mask and beam centre round trip; version 1 records (without them) still parse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xrayscatter.attributes import NUM_ATTRIBUTES
+from xrayscatter.schema import (FEATURE_SPEC, SCHEMA_VERSION, encode_png_uint16, parse_example, parse_example_numpy,
+                                serialize_example)
+
+LABELS = [1, 0] * 8 + [1]
+
+
+def _counts(height=6, width=9, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 65535, (height, width)).astype(np.float32)
+
+
+def _version_1_record(counts: np.ndarray) -> bytes:
+    """A record as schema version 1 wrote it: no ``mask``, no ``beam`` (built here, not by the library)."""
+    def feature(**kind):
+        return tf.train.Feature(**kind)
+
+    ints = lambda values: feature(int64_list=tf.train.Int64List(value=values))  # noqa: E731
+    raw = lambda value: feature(bytes_list=tf.train.BytesList(value=[value]))  # noqa: E731
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image": raw(encode_png_uint16(counts)), "height": ints([counts.shape[0]]), "width": ints([counts.shape[1]]),
+        "labels": ints(LABELS), "run_id": ints([3]), "image_id": ints([41]), "params": raw(b'{"a":1}')}))
+    return example.SerializeToString()
+
+
+def test_mask_and_beam_round_trip():
+    assert SCHEMA_VERSION == 2 and {"mask", "beam"} <= set(FEATURE_SPEC)
+    counts = _counts()
+    mask = np.ones(counts.shape, bool)
+    mask[:, 4] = False  # a module gap
+    mask[0, 0] = False
+    record = parse_example_numpy(serialize_example(counts, LABELS, 3, 41, {"a": 1}, mask=mask, beam_xy=(12.25, -3.5)))
+    np.testing.assert_array_equal(record["image"], counts)
+    assert record["mask"].dtype == np.float32 and record["mask"].shape == counts.shape
+    np.testing.assert_array_equal(record["mask"], mask.astype(np.float32))
+    assert record["beam"].dtype == np.float32
+    np.testing.assert_array_equal(record["beam"], [12.25, -3.5])  # off the image is allowed
+    assert record["labels"].tolist() == LABELS and record["params"] == {"a": 1}
+
+
+def test_version_1_record_parses_with_every_pixel_sensitive_and_no_beam():
+    counts = _counts(5, 7)
+    record = parse_example_numpy(_version_1_record(counts))
+    np.testing.assert_array_equal(record["image"], counts)
+    np.testing.assert_array_equal(record["mask"], np.ones((5, 7), np.float32))
+    assert record["beam"].shape == (2,) and np.isnan(record["beam"]).all()
+    # The library writes the same record when given neither.
+    assert parse_example_numpy(serialize_example(counts, LABELS, 3, 41, {"a": 1}))["mask"].min() == 1.0
+
+
+def test_versions_mix_in_one_graph_pipeline():
+    """``parse_example`` inside ``Dataset.map`` (graph mode) with v1 and v2 records of different shapes."""
+    v2_counts = _counts(4, 4, seed=1)
+    mask = np.eye(4, dtype=bool)
+    records = [_version_1_record(_counts(5, 7)),
+               serialize_example(v2_counts, LABELS, 1, 2, {}, mask=mask, beam_xy=(1.5, 2.5))]
+    parsed = list(tf.data.Dataset.from_tensor_slices(records).map(parse_example).as_numpy_iterator())
+    assert parsed[0]["mask"].shape == (5, 7) and parsed[0]["mask"].min() == 1.0 and np.isnan(parsed[0]["beam"]).all()
+    np.testing.assert_array_equal(parsed[1]["mask"], mask.astype(np.float32))
+    np.testing.assert_array_equal(parsed[1]["beam"], [1.5, 2.5])
+
+
+def test_mask_must_match_the_image():
+    with pytest.raises(ValueError, match="mask must have the image's shape"):
+        serialize_example(_counts(), LABELS, 0, 0, {}, mask=np.ones((9, 6), bool))
+    with pytest.raises(ValueError, match=f"labels must have {NUM_ATTRIBUTES}"):
+        serialize_example(_counts(), LABELS[:-1], 0, 0, {})
