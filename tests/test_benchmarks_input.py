@@ -11,8 +11,9 @@ from helpers import smoke_pipeline
 def _tiny_config():
     from xrayscatter.config import replace
 
-    # 64-px images, training made from 32 px: the writer stores the 32-px resized image.
-    return replace(smoke_pipeline(), "resnet", input_size=32, detail_size=32, detail_crop=16, batch_size=4)
+    # 64-px images; training makes its image at 40 px (the augmentation's load size, 35 · 256/224) and the
+    # detail at 40 px, both from one square: the writer stores that square at 40 px.
+    return replace(smoke_pipeline(), "resnet", input_size=35, detail_size=40, detail_crop=16, batch_size=4)
 
 
 def test_bench_input_measures_both_layouts_and_reports_cores_per_gpu(tmp_path):
@@ -20,7 +21,7 @@ def test_bench_input_measures_both_layouts_and_reports_cores_per_gpu(tmp_path):
 
     result = bench_input(_tiny_config(), work_dir=tmp_path, images=8, batch_size=4, seconds=0.2, processes=1,
                          json_path=tmp_path / "input.json")
-    assert result["stored_side"] == 32 and result["image_size"] == 64
+    assert result["stored_side"] == 40 and result["image_size"] == 64
     for layout in ("full image", "stored resized"):
         rate = result["rates"][layout]
         assert rate["images"] > 0 and rate["images_per_cpu_s"] > 0 and rate["cores_per_gpu"] > 0
@@ -29,6 +30,22 @@ def test_bench_input_measures_both_layouts_and_reports_cores_per_gpu(tmp_path):
     assert [r["verdict"] in ("pass", "short") for r in result["ratios"]] == [True] * 3
     assert result["ratios"][2]["at_most"] and result["ratios"][2]["target"] == 16
     assert (tmp_path / "input.json").is_file() and result["conditions"]["cores"] >= 1
+
+
+def test_the_resized_image_is_stored_only_at_the_one_side_training_makes_its_inputs_at():
+    from xrayscatter.config import load_config, replace
+    from xrayscatter.resnet.data import stored_view_size
+
+    from helpers import REPO
+
+    # paper: the image at 256 px (224 · 256/224) and the detail at 256 px.
+    assert stored_view_size(load_config(REPO / "pipelines" / "paper.toml")) == 256
+    # default: the image at 146 px and the detail at 256 px, each from the full square: nothing stored.
+    assert stored_view_size(load_config(REPO / "pipelines" / "default.toml")) == 0
+    smoke = smoke_pipeline()
+    assert stored_view_size(replace(smoke, "resnet", detail_size=0)) == 73  # no branch: the load size
+    assert stored_view_size(replace(smoke, "resnet", detail_size=0, augment=False)) == 64  # the input size
+    assert stored_view_size(replace(smoke, "resnet", beam_centre_weight=0.0, detail_size=0)) == 73
 
 
 def test_records_with_and_without_the_resized_image_parse_and_agree(tmp_path):

@@ -27,12 +27,15 @@ the ResNet's beam-centre head. Version 1 records (without them) still parse.
 
 ``resized`` (v3, optional) spares the training input pipeline the decoding and shrinking of a
 large image: the centred padded square resized (bilinear, antialiased) to R px, where R is the
-side training makes its input channels from (``resnet.data.stored_view_size``), as three 16-bit
+side training makes its input channels at (``resnet.data.stored_view_size``), as three 16-bit
 channels (``RESIZED_SCALE``): log counts (``normalization.normalize_counts``), the measured
 fraction with the module gaps missing, and the measured fraction with the gaps as 0 counts
-(padding only). Input channels made from these equal those made from the full image up to the
-16-bit rounding (the resize is linear). Written only when the image is larger than R; records
-without it (v1, v2, or small images) are decoded in full.
+(padding only). Input channels made from these at R px equal those made from the full image up to
+the 16-bit rounding (the resize is linear); channels at another side would not (a second resize blurs),
+so a pipeline reads the feature only when every image it makes (with the beam-region branch, the image
+and the detail) is R px, and none is stored for a training that makes its image and detail at two sides.
+Written only when the image is larger than R; records without it (v1, v2, or small images) are decoded
+in full.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ beam-centre head and the beam-region branch at ``resnet.detail_size``): it is
 Two record layouts, side by side in one run, on the same images written by the real writer:
 
 * **full image** — records without the ``resized`` feature (schema v2): every image is decoded from
-  its 1024² PNG (and mask PNG), normalised and shrunk to the detail size;
+  its 1024² PNG (and mask PNG), normalised and shrunk to the load size and the detail size (both 256 px);
 * **stored resized** — the same records with ``resized`` (schema v3, written at simulation time):
-  the pipeline decodes the small PNG that holds exactly what it would have made.
+  the pipeline decodes the small PNG that holds exactly the padded square it would have made at that
+  side (``resnet.data.stored_view_size``), and makes the image and the detail from it.
 
 Per core = images / CPU seconds of this process while iterating (robust to other work on the
 machine; the wall rate is printed too). One GPU trains ResNet-50 at 1,770 images/s: NVIDIA's
@@ -80,8 +81,13 @@ def pipeline_rate(dataset: tf.data.Dataset, seconds: float, warmup: int = 2) -> 
 
 
 def _first_batch(config, paths: list[str]):
-    from xrayscatter.resnet.data import make_dataset
+    """The first batch's inputs of the evaluation pipeline (fixed order, gaps shown missing, no crops) at the
+    sides training decodes at: the image at the augmentation's load size, not cropped to the input size."""
+    from xrayscatter.resnet.data import make_dataset, train_load_size
 
+    settings = config.resnet
+    load_size = train_load_size(settings.input_size) if settings.augment else settings.input_size
+    config = dataclasses.replace(config, resnet=dataclasses.replace(settings, input_size=load_size, augment=False))
     inputs, _ = next(iter(make_dataset(config, "train", training=False, cache=False, paths=paths)))
     return inputs
 
@@ -101,7 +107,7 @@ def bench_input(config, work_dir: str | Path = DEFAULT_WORK_DIR, images: int = 3
     from rich.console import Console
 
     from xrayscatter.dataset import dataset_dir
-    from xrayscatter.resnet.data import make_dataset, stored_view_size
+    from xrayscatter.resnet.data import make_dataset, stored_view_size, train_load_size
 
     console = Console()
     started = print_conditions(console, "input")
@@ -138,8 +144,14 @@ def bench_input(config, work_dir: str | Path = DEFAULT_WORK_DIR, images: int = 3
         f"{len(settings.input_channels)} channels, augmentation {'on' if settings.augment else 'off'}), one thread",
         ("records", "per image on disk", "images/s (wall)", "images per CPU s", f"cores per GPU at {GPU_IMAGES_PER_SECOND:g}/s"),
         rows))
-    console.print(f"stored side {side} px; max |stored resized − full image| over the first batch's inputs "
-                  f"(evaluation pipeline, no augmentation): {difference:.1e}")
+    if side:
+        console.print(f"stored side {side} px; max |stored resized − full image| over the first batch's inputs "
+                      f"(evaluation pipeline at training's sides, no crops): {difference:.1e}")
+    else:
+        load_size = train_load_size(settings.input_size) if settings.augment else settings.input_size
+        console.print(f"no resized image stored: training makes its image at {load_size} px "
+                      f"and the detail at {settings.detail_size} px (resnet.data.stored_view_size), each from the full "
+                      f"image, so both layouts are the same records")
     console.print(f"GPU: {GPU_NAME}; target one {HOST_CORES}-core host per GPU → ≥ {TARGET_PER_CORE:.1f} "
                   f"images per core-second, without the tf.data service.")
     old, new = rates["full image"], rates["stored resized"]

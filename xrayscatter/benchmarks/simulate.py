@@ -99,7 +99,7 @@ def stage_seconds(config, image_ids: list[int]) -> dict:
         start = time.process_time()
         tf.io.encode_png(np.asarray(image.valid, np.uint8)[:, :, None], compression=6).numpy()
         totals["mask PNG"] += time.process_time() - start
-        if side < max(image.counts.shape):
+        if 0 < side < max(image.counts.shape):  # stored only at a side smaller than the image (0: none)
             start = time.process_time()
             encode_resized(image.counts, image.valid, side)
             totals["resized"] += time.process_time() - start
