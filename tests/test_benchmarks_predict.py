@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from helpers import export_tiny_resnet, smoke_pipeline
+from helpers import export_tiny_resnet, tiny_resnet_config
 
 
 def test_bench_predict_measures_each_model_and_skips_a_missing_one(tmp_path):
     from xrayscatter.benchmarks.predict import TARGET_RATIO, bench_predict
-    from xrayscatter.config import replace
 
-    # The tiny exported ResNet of the tests: one input channel, no beam-centre head.
-    config = replace(smoke_pipeline(), "resnet", input_size=32, width_multiplier=0.125, input_channels=("log",),
-                     beam_centre_weight=0.0, detail_size=0)
-    model = export_tiny_resnet(tmp_path / "resnet", config).parent
+    # The tests' tiny ResNet with the paper's network: one input channel, no beam-centre head.
+    model = export_tiny_resnet(tmp_path / "resnet", tiny_resnet_config(paper=True)).parent
     result = bench_predict([model, tmp_path / "no-model"], images=4, size=64, batch_size=2, workers=1,
                            json_path=tmp_path / "predict.json")
     (row,) = result["models"]
