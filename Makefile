@@ -42,12 +42,20 @@ train-autoencoder: $(STAMP)
 evaluate: $(STAMP)
 	$(XS) evaluate --pipeline $(PIPELINE)
 
+# Every bench, then one table of every ratio against its target: reports/bench/bench.md and bench.json.
+# What the benches need (smoke data, a smoke model, bench data sets) is made under reports/bench/work,
+# never in tfrecords/ or saved_models/. The default model is measured too when saved_models/ has one.
+BENCH := reports/bench
 bench: $(STAMP)
-	$(XS) bench simulate
-	$(XS) bench train --pipeline pipelines/smoke.toml
-	$(XS) bench features --pipeline pipelines/smoke.toml
-	$(XS) bench evaluate
-	$(XS) bench predict
+	mkdir -p $(BENCH) && rm -f $(BENCH)/*.json
+	$(XS) bench prepare --work-dir $(BENCH)/work
+	$(XS) bench simulate --seconds 4 --json $(BENCH)/simulate.json
+	$(XS) bench input --work-dir $(BENCH)/work --json $(BENCH)/input.json
+	$(XS) bench train --pipeline pipelines/default.toml --work-dir $(BENCH)/work --seconds 15 --json $(BENCH)/train.json
+	$(XS) bench features --pipeline pipelines/default.toml --json $(BENCH)/features.json
+	$(XS) bench evaluate --folds 1 --no-compare --json $(BENCH)/evaluate.json
+	$(XS) bench predict --model $(BENCH)/work/saved_models/smoke/resnet --model saved_models/resnet --json $(BENCH)/predict.json
+	$(XS) bench report --folder $(BENCH)
 
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir logs

@@ -135,3 +135,105 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     tif("nan.tif", np.full((32, 32), np.nan, np.float32), "all NaN")
     tif("all_gaps.tif", np.full((32, 32), -1, np.int32), "all NaN")
     return bad
+
+
+# --------------------------------------------------------------------------- multi-frame and HDF5 files
+EIGER_HEADER = {"beam_x": 20.5, "beam_y": 17.25, "wavelength_angstrom": 1.0332, "distance_m": 2.5}
+
+
+def eiger_frames(count: int, height: int = 40, width: int = 48, dtype=np.uint32, seed: int = 0) -> np.ndarray:
+    """(count, H, W) counts as an Eiger writes them: a central peak, a module-gap row of the all-ones word."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    radius = np.hypot(yy - EIGER_HEADER["beam_y"], xx - EIGER_HEADER["beam_x"])
+    frames = np.stack([rng.poisson(3 + (50 + 40 * i) * np.exp(-radius / 5)) for i in range(count)]).astype(dtype)
+    frames[:, height // 2, :] = np.iinfo(dtype).max
+    return frames
+
+
+def write_eiger_series(folder: Path, prefix: str, frames: np.ndarray, per_file: int, compression: str = "bitshuffle",
+                       mask: np.ndarray | None = None, missing_data_files: tuple[int, ...] = ()) -> Path:
+    """An Eiger/NeXus master ``<prefix>_master.h5`` and data files ``<prefix>_data_00000k.h5`` (h5py), laid out
+    as the Dectris file writer does: ``/entry/data/data_00000k`` external links to ``/entry/data/data`` of
+    (n, H, W) frames in chunks of one frame (bitshuffle+LZ4 or gzip), ``image_nr_low``/``image_nr_high``
+    (1-based), the pixel mask under ``detectorSpecific``, beam centre, distance and wavelength with units.
+
+    Args:
+        missing_data_files: 1-based numbers of data files linked but not written.
+
+    Returns the master's path.
+    """
+    import h5py
+    import hdf5plugin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    master = folder / f"{prefix}_master.h5"
+    count, height, width = frames.shape
+    files = range(0, count, per_file)
+    with h5py.File(master, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        data = entry.create_group("data")
+        data.attrs["NX_class"] = "NXdata"
+        instrument = entry.create_group("instrument")
+        beam = instrument.create_group("beam")
+        beam["incident_wavelength"] = EIGER_HEADER["wavelength_angstrom"]
+        beam["incident_wavelength"].attrs["units"] = "angstrom"
+        detector = instrument.create_group("detector")
+        detector.attrs["NX_class"] = "NXdetector"
+        for name, value, unit in (("beam_center_x", EIGER_HEADER["beam_x"], "pixel"),
+                                  ("beam_center_y", EIGER_HEADER["beam_y"], "pixel"),
+                                  ("detector_distance", EIGER_HEADER["distance_m"], "m"),
+                                  ("count_time", 0.1, "s"), ("x_pixel_size", 75e-6, "m")):
+            detector[name] = value
+            detector[name].attrs["units"] = unit
+        specific = detector.create_group("detectorSpecific")
+        specific["nimages"] = count
+        specific["ntrigger"] = 1
+        specific["pixel_mask"] = (mask if mask is not None else np.zeros((height, width))).astype(np.uint32)
+        specific["flatfield"] = np.ones((height, width), np.float32)
+        for k, start in enumerate(files, start=1):
+            name = f"{prefix}_data_{k:06d}.h5"
+            data[f"data_{k:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+            if k not in missing_data_files:
+                write_eiger_data_file(folder, prefix, k, frames, per_file, compression)
+    return master
+
+
+def write_eiger_data_file(folder: Path, prefix: str, k: int, frames: np.ndarray, per_file: int,
+                          compression: str = "bitshuffle") -> Path:
+    """Data file ``k`` (1-based) of a series: frames (k − 1)·per_file … as the Eiger writes them."""
+    import h5py
+    import hdf5plugin
+
+    filters = (hdf5plugin.Bitshuffle(nelems=0, cname="lz4") if compression == "bitshuffle"
+               else {"compression": "gzip", "compression_opts": 4})
+    start = (k - 1) * per_file
+    block = frames[start:start + per_file]
+    path = folder / f"{prefix}_data_{k:06d}.h5"
+    with h5py.File(path, "w") as d:
+        dataset = d.create_dataset("/entry/data/data", data=block, chunks=(1, *block.shape[1:]), **filters)
+        dataset.attrs["image_nr_low"] = start + 1
+        dataset.attrs["image_nr_high"] = start + len(block)
+    return path
+
+
+def corrupt_hdf5_frame(path: Path, frame: int, dataset: str = "/entry/data/data") -> None:
+    """Overwrite the stored (compressed) chunk of one frame with noise: that frame no longer decodes."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(frame)
+    data = bytearray(path.read_bytes())
+    noise = np.random.default_rng(frame).integers(0, 256, info.size, dtype=np.uint8).tobytes()
+    data[info.byte_offset:info.byte_offset + info.size] = noise
+    path.write_bytes(bytes(data))
+
+
+def expected_eiger_counts(frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """What the reader returns for Eiger frames: float32, the all-ones word and masked pixels NaN."""
+    counts = frames.astype(np.float32)
+    counts[frames == np.iinfo(frames.dtype).max] = np.nan
+    if mask is not None:
+        counts[:, mask != 0] = np.nan
+    return counts

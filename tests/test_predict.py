@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from detector_samples import write_bad_files, write_good_files
+
+# Files write_bad_files makes that read_detector_image rejects as "multi-frame" and predict tags frame by frame.
+MULTI_FRAME_BAD_FILES = {"stack.tif": 3, "two_frames.edf": 2, "stack.npy": 5}
 from helpers import shared_saved_models
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.cli import main
@@ -44,6 +47,7 @@ def test_bad_input_never_stops_the_batch(tmp_path, resnet_dir, capsys):
     folder = tmp_path / "beamline"
     good = write_good_files(folder)
     bad = write_bad_files(folder)
+    stacks = {name: frames for name, frames in MULTI_FRAME_BAD_FILES.items() if bad.pop(name) == "multi-frame"}
     output = tmp_path / "tags.csv"
 
     code, out, err = run_cli(["predict", str(folder), "--model", str(resnet_dir), "--output", str(output),
@@ -56,9 +60,12 @@ def test_bad_input_never_stops_the_batch(tmp_path, resnet_dir, capsys):
         assert line is not None and reason in line, f"{name} not reported with '{reason}'"
     with output.open() as f:
         header = next(csv.reader(f))
-    assert header[:6] == ["file", "error", "tags", "beam_x", "beam_y", "beam_on_image"]  # the model has the head
-    rows = {r["file"]: r for r in csv.DictReader(output.open())}
-    assert set(rows) == {str(folder / n) for n in list(good) + list(bad)}
+    assert header[:7] == ["file", "frame", "error", "tags", "beam_x", "beam_y", "beam_on_image"]  # the model has the head
+    rows = list(csv.DictReader(output.open()))
+    stack_rows = [(r["file"], r["frame"]) for r in rows if r["file"] in {str(folder / n) for n in stacks}]
+    assert sorted(stack_rows) == sorted((str(folder / n), str(k)) for n, count in stacks.items() for k in range(count))
+    rows = {r["file"]: r for r in rows}
+    assert set(rows) == {str(folder / n) for n in list(good) + list(bad) + list(stacks)}
     for name in good:
         row = rows[str(folder / name)]
         assert row["error"] == ""
@@ -70,9 +77,9 @@ def test_bad_input_never_stops_the_batch(tmp_path, resnet_dir, capsys):
         assert [int(row[f"{slug(a)}_decision"]) for a in ATTRIBUTES] == [int(p >= 0.5) for p in probabilities]
     for name, reason in bad.items():
         row = rows[str(folder / name)]
-        assert row["error"].startswith(reason) and row["bcc_probability"] == ""
+        assert row["error"].startswith(reason) and row["bcc_probability"] == "" and row["frame"] == ""
         assert row["beam_x"] == row["beam_y"] == row["beam_on_image"] == ""
-    assert f"{len(good)} tagged, {len(bad)} failed" in out
+    assert f"{len(good) + sum(stacks.values())} tagged, {len(bad)} failed" in out
 
 
 def test_predictions_equal_the_model_on_each_image_alone(tmp_path, tagging_model):
@@ -244,3 +251,138 @@ def test_beam_on_image_is_measured_against_the_image_it_came_from():
     assert not result(5.0, 10.0).beam_on_image  # x is the column (of 20), y the row (of 10)
     assert result(15.0, 5.0).beam_on_image
     assert ImageResult(path=None).beam_on_image is None
+
+
+# --------------------------------------------------------------------------- frames, headers, the contact sheet
+def _series_folder(folder):
+    """An Eiger series (5 frames in data files of 2), a 3-frame EDF, a 2-page TIFF and a CBF with a mini-header."""
+    import tifffile
+    from fabio.cbfimage import CbfImage
+    from fabio.edfimage import EdfImage
+
+    from detector_samples import eiger_frames, pilatus_like, write_eiger_series
+
+    write_eiger_series(folder, "series", eiger_frames(5), per_file=2)
+    stack = np.stack([pilatus_like(40, 52, seed=s).clip(0).astype(np.float32) for s in range(3)])
+    edf = EdfImage(data=stack[0])
+    edf.append_frame(data=stack[1])
+    edf.append_frame(data=stack[2])
+    edf.write(str(folder / "scan.edf"))
+    tifffile.imwrite(folder / "pages.tif", stack[:2].astype(np.int32), photometric="minisblack")
+    CbfImage(data=pilatus_like(), header={"_array_data.header_contents": "# Wavelength 0.9537 A\r\n"
+                                          "# Detector_distance 0.25 m\r\n# Beam_xy (26.00, 13.50) pixels\r\n"}).write(
+        str(folder / "single.cbf"))
+    return stack
+
+
+def test_every_frame_is_one_row_with_its_number_and_header(tmp_path, tagging_model):
+    folder = tmp_path / "run42"
+    folder.mkdir()
+    stack = _series_folder(folder)
+    output = tmp_path / "tags.jsonl"
+
+    assert predict_directory(folder, model=tagging_model, output=output, batch_size=4, quiet=True) == []
+
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    keys = [(r["file"].rsplit("/", 1)[1], r["frame"]) for r in records]
+    assert keys == [("pages.tif", 0), ("pages.tif", 1), ("scan.edf", 0), ("scan.edf", 1), ("scan.edf", 2),
+                    ("series_master.h5", 0), ("series_master.h5", 1), ("series_master.h5", 2),
+                    ("series_master.h5", 3), ("series_master.h5", 4), ("single.cbf", 0)]
+    by_key = dict(zip(keys, records))
+    assert by_key[("single.cbf", 0)]["header"] == {"beam_x": 26.0, "beam_y": 13.5, "wavelength_angstrom": 0.9537,
+                                                   "distance_m": 0.25}
+    assert by_key[("series_master.h5", 3)]["header"]["beam_x"] == 20.5
+    alone, _ = tagging_model(stack[2][None])
+    got = [by_key[("scan.edf", 2)]["probabilities"][a] for a in ATTRIBUTES]
+    np.testing.assert_allclose(got, alone[0], rtol=1e-4, atol=1e-5)
+
+    csv_output = tmp_path / "tags.csv"
+    predict_directory(folder, model=tagging_model, output=csv_output, quiet=True)
+    rows = list(csv.DictReader(csv_output.open()))
+    assert [r["frame"] for r in rows] == [str(k) for _, k in keys]
+    assert rows[-1]["header_beam_x"] == "26" and rows[-1]["wavelength_angstrom"] == "0.9537"
+
+
+def test_a_bad_frame_is_named_file_hash_frame_and_the_rest_is_tagged(tmp_path, resnet_dir, capsys):
+    import h5py
+
+    from detector_samples import corrupt_hdf5_frame, eiger_frames, write_eiger_series
+
+    folder = tmp_path / "bad"
+    write_eiger_series(folder, "s", eiger_frames(4), per_file=4)
+    corrupt_hdf5_frame(folder / "s_data_000001.h5", 2)
+    stack = np.ones((3, 20, 20), np.float32)
+    stack[1] = np.nan
+    with h5py.File(folder / "stack.h5", "w") as f:
+        f["images"] = stack
+        f["other"] = stack
+    output = tmp_path / "out.csv"
+
+    code, out, err = run_cli(["predict", str(folder), "--model", str(resnet_dir), "-o", str(output),
+                              "--h5-path", "/images"], capsys)
+
+    assert code == 1, err
+    assert "s_master.h5#2" in out and "stack.h5#1" in out and "all NaN" in out
+    rows = {(r["file"].rsplit("/", 1)[1], r["frame"]): r for r in csv.DictReader(output.open())}
+    assert sorted(rows) == [("s_master.h5", "0"), ("s_master.h5", "1"), ("s_master.h5", "2"), ("s_master.h5", "3"),
+                            ("stack.h5", "0"), ("stack.h5", "1"), ("stack.h5", "2")]
+    failed = sorted(k for k, r in rows.items() if r["error"])
+    assert failed == [("s_master.h5", "2"), ("stack.h5", "1")]
+    assert "5 tagged, 2 failed" in out
+
+
+def _page_data(path):
+    import re
+
+    text = path.read_text()
+    return text, json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', text,
+                                      re.S).group(1))
+
+
+def test_html_contact_sheet_is_self_contained_with_one_row_per_frame(tmp_path, resnet_dir, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _series_folder(folder)
+    (folder / "broken.tif").write_text("no")
+    page = tmp_path / "sheet.html"
+
+    code, out, err = run_cli(["predict", str(folder), "--model", str(resnet_dir), "--html", str(page)], capsys)
+
+    assert code == 1, err
+    text, data = _page_data(page)
+    assert len(data["rows"]) == data["total"] == 12  # 11 frames and the unreadable file
+    assert len(data["images"]) == 11 and data["attributes"] == list(ATTRIBUTES)
+    for forbidden in ("http://", "https://", "<link", "src=\"//", "@import"):
+        assert forbidden not in text, forbidden
+    assert [r[2] for r in data["rows"] if r[1].endswith("series_master.h5")] == ["0", "1", "2", "3", "4"]
+    assert any(r[3].startswith("not an image") for r in data["rows"] if r[1].endswith("broken.tif"))
+    import base64
+
+    thumbnail = base64.b64decode(next(iter(data["images"].values())))
+    assert thumbnail[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "sheet.html"]  # written atomically, no leftovers
+
+
+def test_html_caps_thumbnails_and_rows_to_stay_under_its_size(tmp_path, tagging_model):
+    from xrayscatter.contact_sheet import write_contact_sheet
+    from xrayscatter.predict import ImageResult
+
+    png = (b"\x89PNG" + bytes(3000))
+    results = [ImageResult(tmp_path / f"f{i:03d}.tif", scores=np.full(17, 0.3, np.float32),
+                           decisions=np.zeros(17, np.int32), thumbnail=png) for i in range(300)]
+    kw = dict(attributes=ATTRIBUTES, thresholds=[0.5] * 17)
+
+    info = write_contact_sheet(tmp_path / "a.html", results, max_thumbnails=10, **kw)
+    assert info["thumbnails"] == 10 and info["rows"] == 300
+    text, data = _page_data(tmp_path / "a.html")
+    assert sorted(map(int, data["images"])) == list(range(10)) and "thumbnails for 10 of 300" in text
+
+    info = write_contact_sheet(tmp_path / "b.html", results, max_bytes=200_000, newest_first=True, **kw)
+    assert info["bytes"] < 200_000 and 0 < info["thumbnails"] < 300 and info["rows"] == 300
+    _, data = _page_data(tmp_path / "b.html")
+    assert max(map(int, data["images"])) == 299  # the newest frames keep their pictures
+
+    info = write_contact_sheet(tmp_path / "c.html", results, max_bytes=60_000, **kw)
+    assert info["bytes"] < 60_000 and info["rows"] < 300
+    _, data = _page_data(tmp_path / "c.html")
+    assert data["rows"][0][0] == 0 and data["total"] == 300

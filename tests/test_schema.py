@@ -1,4 +1,5 @@
-"""The TFRecord schema v2: mask and beam centre round trip; version 1 records (without them) still parse."""
+"""The TFRecord schema: v2's mask and beam centre round trip; version 1 records (without them) still parse,
+v3 records (the optional ``resized`` image, tests/test_benchmarks_input.py) mix with both."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _version_1_record(counts: np.ndarray) -> bytes:
 
 
 def test_mask_and_beam_round_trip():
-    assert SCHEMA_VERSION == 2 and {"mask", "beam"} <= set(FEATURE_SPEC)
+    assert SCHEMA_VERSION == 3 and {"mask", "beam", "resized"} <= set(FEATURE_SPEC)
     counts = _counts()
     mask = np.ones(counts.shape, bool)
     mask[:, 4] = False  # a module gap
@@ -56,15 +57,18 @@ def test_version_1_record_parses_with_every_pixel_sensitive_and_no_beam():
 
 
 def test_versions_mix_in_one_graph_pipeline():
-    """``parse_example`` inside ``Dataset.map`` (graph mode) with v1 and v2 records of different shapes."""
+    """``parse_example`` inside ``Dataset.map`` (graph mode) with v1, v2 and v3 records of different shapes."""
     v2_counts = _counts(4, 4, seed=1)
     mask = np.eye(4, dtype=bool)
     records = [_version_1_record(_counts(5, 7)),
-               serialize_example(v2_counts, LABELS, 1, 2, {}, mask=mask, beam_xy=(1.5, 2.5))]
+               serialize_example(v2_counts, LABELS, 1, 2, {}, mask=mask, beam_xy=(1.5, 2.5)),
+               serialize_example(_counts(8, 6, seed=2), LABELS, 1, 3, {}, beam_xy=(0.5, 0.5), resized_size=4)]
     parsed = list(tf.data.Dataset.from_tensor_slices(records).map(parse_example).as_numpy_iterator())
     assert parsed[0]["mask"].shape == (5, 7) and parsed[0]["mask"].min() == 1.0 and np.isnan(parsed[0]["beam"]).all()
     np.testing.assert_array_equal(parsed[1]["mask"], mask.astype(np.float32))
     np.testing.assert_array_equal(parsed[1]["beam"], [1.5, 2.5])
+    assert parsed[0]["resized"] == parsed[1]["resized"] == b""  # v1, v2: none
+    assert parsed[2]["image"].shape == (8, 6) and parsed[2]["resized"][:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_mask_must_match_the_image():

@@ -266,7 +266,7 @@ def test_predict_uses_the_attribute_model_by_default_when_it_scored_higher_and_i
     assert "model saved_models/attributes/1: attribute model: held-out mAP 70.0 % vs the ResNet's 60.0 %" in said
     tagger = tf.saved_model.load(str(saved_models / "attributes" / "1")).signatures["serving_default"]
     for record in map(json.loads, output.read_text().splitlines()):
-        assert set(record) == {"file", "error", "tags", "scores", "decisions"}  # no beam centre: SVMs only
+        assert set(record) == {"file", "frame", "error", "tags", "scores", "decisions"}  # no beam centre: SVMs only
         counts = request_counts(record["file"])
         served = tagger(images=tf.constant(counts))
         np.testing.assert_allclose([record["scores"][a] for a in ATTRIBUTES], served["scores"].numpy()[0],
@@ -290,7 +290,7 @@ def test_predict_uses_the_resnet_by_default_otherwise_with_its_beam_centre(saved
     assert f"model saved_models/resnet/1: {reason}" in said
     beam_centre = tf.saved_model.load(str(saved_models / "resnet" / "1")).signatures["beam_centre"]
     for record in map(json.loads, output.read_text().splitlines()):
-        assert set(record) == {"file", "error", "tags", "probabilities", "decisions", "beam_centre"}
+        assert set(record) == {"file", "frame", "error", "tags", "probabilities", "decisions", "beam_centre"}
         counts = request_counts(record["file"])
         served = beam_centre(images=tf.constant(counts))["beam_centre"].numpy()[0]
         assert [record["beam_centre"]["x"], record["beam_centre"]["y"]] == pytest.approx(served.tolist(), abs=0.01)

@@ -131,21 +131,57 @@ def evaluate_command(
     run_evaluation(_config(pipeline), data_dir=data, report_name=name)
 
 
+H5PathOption = typer.Option(
+    None, "--h5-path", help="HDF5: the data set holding the frames, e.g. '/data/images' (default: the Eiger/NeXus "
+                            "layout, the NeXus default plot or the file's only image data set).")
+
+
 @app.command("predict")
 def predict_command(
-    directory: Path = typer.Argument(..., help="Folder of detector images (TIFF, EDF, CBF, PNG, NPY)."),
+    directory: Path = typer.Argument(..., help="Folder of detector files (TIFF, EDF, CBF, PNG, NPY, HDF5/NeXus)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel folder (default: newest under saved_models/)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write CSV (.csv) or JSON Lines (.jsonl)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write CSV (.csv) or JSON Lines (.jsonl), one row per frame."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also read subfolders."),
     glob: Optional[str] = typer.Option(None, "--glob", help="Only files matching this pattern, e.g. '*.tif'."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Frames per forward pass."),
+    h5_path: Optional[str] = H5PathOption,
+    html: Optional[Path] = typer.Option(
+        None, "--html", help="Also write a self-contained contact sheet: a thumbnail per frame with its tags."),
 ):
-    """Tag every detector image in DIRECTORY. Exit code 0: all read; 1: some files failed; 2: nothing done."""
+    """Tag every frame of every detector file in DIRECTORY. Exit code 0: all read; 1: some files or frames failed;
+    2: nothing done."""
     from xrayscatter.predict import predict_directory
 
     failures = predict_directory(directory, model=model, output=output, recursive=recursive,
-                                 glob=glob, batch_size=batch_size)
+                                 glob=glob, batch_size=batch_size, h5_path=h5_path, html=html)
     raise typer.Exit(code=1 if failures else 0)
+
+
+@app.command("watch")
+def watch_command(
+    directory: Path = typer.Argument(..., help="The folder the detector writes into."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="JSON Lines file, one line per frame, appended (default DIRECTORY/tags.jsonl); "
+                                     "what it holds is not tagged again after a restart."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel folder (default: as predict)."),
+    port: Optional[int] = typer.Option(
+        None, "--port", help="Serve GET /last?n=20 and GET /status as JSON on 127.0.0.1:PORT."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Keep a contact sheet of the newest frames up to date."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also watch subfolders."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only files matching this pattern, e.g. '*.cbf'."),
+    h5_path: Optional[str] = H5PathOption,
+    poll: Optional[float] = typer.Option(
+        None, "--poll", help="Poll every SECONDS instead of file-system events (network file systems; chosen by "
+                             "itself on NFS, CIFS, Lustre, GPFS…)."),
+    settle: float = typer.Option(
+        1.0, "--settle", help="Seconds a file must stay unchanged to count as complete when no close event says so."),
+    batch_size: int = typer.Option(16, "--batch-size", help="At most this many frames per forward pass."),
+):
+    """Tag every new frame in DIRECTORY as it is written, until Ctrl-C: one printed line and one output line per frame."""
+    from xrayscatter.watch import watch_directory
+
+    watch_directory(directory, model=model, output=output, port=port, html=html, recursive=recursive, glob=glob,
+                    h5_path=h5_path, poll=poll, settle=settle, batch_size=batch_size)
 
 
 @app.command("serve-request")
@@ -185,54 +221,137 @@ def bench_external_command(
     bench_external(model=model, folder=folder, per_group=per_group, seed=seed, workers=workers)
 
 
+PAPER_PIPELINE = "pipelines/paper.toml"
+BenchJsonOption = typer.Option(None, "--json", help="Also write the result (ratios, conditions) to this JSON file.")
+WorkDirOption = typer.Option(Path("reports/bench/work"), "--work-dir",
+                             help="Where a bench makes its own data sets and models (never tfrecords/ or saved_models/).")
+
+
 @bench_app.command("simulate")
 def bench_simulate_command(
-    sizes: str = typer.Option("256,1024", "--sizes", help="Image sizes (px), comma-separated."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Measuring time per case."),
+    pipeline: str = typer.Option(PAPER_PIPELINE, "--pipeline", "-p", help="Pipeline TOML file (what the writer stores)."),
+    sizes: str = typer.Option("256,1024", "--sizes", help="Image sizes (px, the long side), comma-separated."),
+    seconds: float = typer.Option(8.0, "--seconds", help="Measuring time per worker and case."),
+    json_path: Optional[Path] = BenchJsonOption,
 ):
-    """Images/s per process at each size, and the speed-up from 1 to 2 processes."""
+    """Images/s per core of the generator and of the whole simulate run path (encoding, writing), 1 → 2 processes."""
     from xrayscatter.benchmarks.simulate import bench_simulate
 
-    bench_simulate([int(s) for s in sizes.split(",")], seconds=seconds)
+    bench_simulate(_config(pipeline), [int(s) for s in sizes.split(",")], seconds=seconds, json_path=json_path)
+
+
+@bench_app.command("input")
+def bench_input_command(
+    pipeline: str = typer.Option(PAPER_PIPELINE, "--pipeline", "-p", help="Pipeline TOML file."),
+    images: int = typer.Option(32, "--images", help="Images in the bench data set (simulated once)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch (the cost per image does not depend on it)."),
+    seconds: float = typer.Option(15.0, "--seconds", help="Measuring time per record layout."),
+    work_dir: Path = WorkDirOption,
+    json_path: Optional[Path] = BenchJsonOption,
+):
+    """Training input pipeline images/s per core (full image vs stored resized) and cores per GPU."""
+    from xrayscatter.benchmarks.input import bench_input
+
+    bench_input(_config(pipeline), work_dir=work_dir, images=images, batch_size=batch_size, seconds=seconds,
+                json_path=json_path)
 
 
 @bench_app.command("train")
-def bench_train_command(pipeline: str = PipelineOption):
-    """Input pipeline alone vs training on in-memory tensors vs training fed by the pipeline."""
+def bench_train_command(
+    pipeline: str = PipelineOption,
+    images: int = typer.Option(1024, "--images", help="Images in the bench data set (simulated once)."),
+    seconds: float = typer.Option(20.0, "--seconds", help="Measuring time per rate."),
+    work_dir: Path = WorkDirOption,
+    json_path: Optional[Path] = BenchJsonOption,
+):
+    """Input pipeline alone vs training on in-memory tensors vs training fed by the pipeline (cache off, on)."""
     from xrayscatter.benchmarks.train import bench_train
 
-    bench_train(_config(pipeline))
+    bench_train(_config(pipeline), work_dir=work_dir, images=images, seconds=seconds, json_path=json_path)
 
 
 @bench_app.command("features")
-def bench_features_command(pipeline: str = PipelineOption):
+def bench_features_command(
+    pipeline: str = PipelineOption,
+    seconds: float = typer.Option(10.0, "--seconds", help="Measuring time of the 15-crop cases."),
+    json_path: Optional[Path] = BenchJsonOption,
+):
     """15-crop features/s vs 15 plain passes; SPM features/s vs a per-patch loop."""
     from xrayscatter.benchmarks.features import bench_features
 
-    bench_features(_config(pipeline))
+    bench_features(_config(pipeline), seconds=seconds, json_path=json_path)
 
 
 @bench_app.command("evaluate")
 def bench_evaluate_command(
-    images: int = typer.Option(2832, "--images"), dims: int = typer.Option(23552, "--dims"),
-    attributes: int = typer.Option(98, "--attributes"), runs: int = typer.Option(13, "--runs"),
+    pipeline: str = typer.Option(PAPER_PIPELINE, "--pipeline", "-p", help="Pipeline whose [evaluate] settings are run."),
+    images: int = typer.Option(2832, "--images"), attributes: int = typer.Option(98, "--attributes"),
+    runs: int = typer.Option(13, "--runs"),
+    folds: int = typer.Option(0, "--folds", help="Time only this many folds and estimate the whole (0: all)."),
+    compare: bool = typer.Option(True, "--compare/--no-compare", help="One fit on raw rows vs the Gram route."),
+    real: str = typer.Option(DEFAULT_PIPELINE, "--real", help="Also on this pipeline's real features if its "
+                                                                 "trained models exist ('' : no)."),
+    json_path: Optional[Path] = BenchJsonOption,
 ):
-    """Time of the whole leave-one-run-out evaluation on an XMD-sized synthetic feature matrix."""
+    """The leave-one-run-out SVM stage at XMD size with the pipeline's settings (and on real features)."""
     from xrayscatter.benchmarks.evaluate import bench_evaluate
 
-    bench_evaluate(images=images, dims=dims, attributes=attributes, runs=runs)
+    bench_evaluate(_config(pipeline), images=images, attributes=attributes, runs=runs, folds=folds, compare=compare,
+                   real_pipeline=real or None, json_path=json_path)
 
 
 @bench_app.command("predict")
 def bench_predict_command(
-    model: Optional[Path] = typer.Option(None, "--model", "-m"),
+    model: Optional[list[Path]] = typer.Option(
+        None, "--model", "-m", help="SavedModel (repeatable; default: the newest under saved_models/)."),
     images: int = typer.Option(64, "--images"), size: int = typer.Option(1024, "--size"),
     batch_size: int = typer.Option(16, "--batch-size"),
+    json_path: Optional[Path] = BenchJsonOption,
 ):
     """End-to-end predict images/s on a folder of TIFFs vs the model's own forward rate."""
     from xrayscatter.benchmarks.predict import bench_predict
 
-    bench_predict(model=model, images=images, size=size, batch_size=batch_size)
+    bench_predict(models=list(model) if model else None, images=images, size=size, batch_size=batch_size,
+                  json_path=json_path)
+
+
+@bench_app.command("prepare")
+def bench_prepare_command(work_dir: Path = WorkDirOption):
+    """Make what the benches need and a fresh clone lacks: the smoke data set and its trained ResNet (once)."""
+    from rich.console import Console
+
+    from xrayscatter.benchmarks.work import smoke_model
+
+    typer.echo(f"smoke model: {smoke_model(work_dir, console=Console())}")
+
+
+@bench_app.command("report")
+def bench_report_command(
+    folder: Path = typer.Option(Path("reports/bench"), "--folder", help="Where the benches' JSON files are."),
+):
+    """One table of every ratio against its target: <folder>/bench.md and bench.json."""
+    from xrayscatter.benchmarks.report import write_report
+
+    md, js = write_report(folder)
+    typer.echo(md.read_text())
+    typer.echo(f"wrote {md} and {js}")
+
+
+@bench_app.command("watch")
+def bench_watch_command(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel (default: newest under saved_models/)."),
+    rate: float = typer.Option(10.0, "--rate", help="Frames per second written for the latency measurement."),
+    seconds: float = typer.Option(20.0, "--seconds", help="Duration of each timed phase."),
+    size: int = typer.Option(1024, "--size", help="Frame side (px)."),
+    frames_per_file: int = typer.Option(10, "--frames-per-file", help="Frames per Eiger-like HDF5 data file."),
+    burst: int = typer.Option(96, "--burst", help="Frames dropped at once to measure the sustained rate."),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="Where the files go (default: a temporary folder)."),
+):
+    """Latency (file complete → its output line) of 'watch' at a given rate, and its sustained rate vs 'predict'."""
+    from xrayscatter.benchmarks.watch import bench_watch
+
+    bench_watch(model=model, rate=rate, seconds=seconds, size=size, frames_per_file=frames_per_file, burst=burst,
+                folder=folder)
 
 
 # --------------------------------------------------------------------------- data-service

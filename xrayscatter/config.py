@@ -28,6 +28,30 @@ from xrayscatter.errors import XrayscatterError
 INPUT_CHANNELS = ("log", "filled", "contrast", "valid")
 
 
+# Training crops come from the image resized to 256/224 of the input size: the
+# smallest scale of the paper's 15-crop feature.
+TRAIN_RESIZE_FACTOR = 256 / 224
+
+
+def train_load_size(input_size: int) -> int:
+    """Side (px) of the resized image that training crops come from."""
+    return int(round(input_size * TRAIN_RESIZE_FACTOR))
+
+
+def stored_view_size(config) -> int:
+    """Side (px) at which training makes its input channels, when it makes them all at one side: the image's
+    load size (the augmentation's, else the input size), which with the beam-region branch the detail size
+    must equal (``pipelines/paper.toml``: 256 and 256); else 0. The simulator stores the ``resized`` record
+    feature at this side (``schema.py``), and none at 0: the image and the detail at two sides are each made
+    from the full square of counts, because a square stored at one side would reach the other only through a
+    second resize (blurrier than the one resize that serving and evaluation make)."""
+    settings = config.resnet
+    load_size = train_load_size(settings.input_size) if settings.augment else settings.input_size
+    if settings.beam_centre_weight > 0 and settings.detail_size and settings.detail_size != load_size:
+        return 0
+    return load_size
+
+
 @dataclass(frozen=True)
 class SimulateConfig:
     """How many images, of what size, how they are grouped and sharded."""

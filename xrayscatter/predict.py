@@ -1,15 +1,20 @@
 """Tag a folder of real detector images with a SavedModel: ``xrayscatter predict DIR/``.
 
-Files are read by a pool of threads (:func:`xrayscatter.readers.read_detector_image`)
-while the main thread runs the model, so reading overlaps inference. Images of the
-same shape are batched together (the model takes raw counts of any size and pads and
-resizes in its graph, so images of different sizes go into different batches rather
-than being padded here, which would change what the model sees).
+Every frame is one result: a one-frame file (TIFF, CBF, PNG…) gives one row with frame 0, a
+multi-frame file (multi-page TIFF, multi-frame EDF, NumPy stack, HDF5, an Eiger master with its
+data files) one row per frame (:mod:`xrayscatter.readers`). A :class:`FrameReader` opens the files
+in order in a thread of its own and a pool of threads reads their frames one at a time (a
+1000-frame file is never in memory at once) while the main thread runs the model, so reading
+overlaps inference. Frames of the same shape are batched together (the model takes raw counts of
+any size and pads and resizes in its graph, so frames of different sizes go into different batches
+rather than being padded here, which would change what the model sees). ``xrayscatter watch``
+(:mod:`xrayscatter.watch`) uses the same reader and batching on files as they arrive.
 
 Exit codes of the command (``predict_directory`` returns the failures; the CLI maps):
 
-* 0 — every file was read and tagged;
-* 1 — some files could not be read (each is named with its reason; the others are tagged);
+* 0 — every frame was read and tagged;
+* 1 — some files or frames could not be read (each is named with its reason, ``file#frame`` for
+  one frame of a multi-frame file; the others are tagged);
 * 2 — nothing was done: missing or empty folder, missing or unusable model, bad option.
 """
 
@@ -19,20 +24,23 @@ import csv
 import io
 import json
 import os
+import queue
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.files import progress_bar, write_atomically
-from xrayscatter.readers import UnreadableImageError, list_detector_files, read_detector_image
+from xrayscatter.readers import (FrameSource, UnreadableImageError, drop_linked_data_files, list_detector_files,
+                                 open_frames, read_detector_image)
 from xrayscatter.saved_model import SAVED_MODEL_FILE, newest_version, read_metadata
 
 DEFAULT_MODEL_ROOT = Path("saved_models")
@@ -42,6 +50,7 @@ DEFAULT_MODEL_ROOT = Path("saved_models")
 DEFAULT_MODEL_NAMES = ("attributes", "resnet")
 DEFAULT_THRESHOLD = 0.5
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+HEADER_FIELDS = ("beam_x", "beam_y", "wavelength_angstrom", "distance_m")  # readers' FrameSource.header
 TABLE_ROWS = 200  # rows shown on the terminal; the output file has them all
 TOP_ATTRIBUTES = 3
 
@@ -204,7 +213,13 @@ def _thresholds(metadata: dict, attributes: tuple[str, ...], path: Path) -> np.n
 # --------------------------------------------------------------------------- reading ahead
 @dataclass
 class ImageResult:
-    """One file's outcome: scores and decisions (A,), or the reason it failed."""
+    """One frame's outcome: scores and decisions (A,), or the reason it failed.
+
+    ``frame`` is the frame number (0 for a one-frame file) or None when the whole file failed;
+    ``stacked``: the file holds a stack of frames (named ``file#frame``); ``header``: the file's
+    beam centre, wavelength and distance where it states them; ``thumbnail``: PNG bytes of what the
+    model sees (only when a contact sheet is asked for).
+    """
 
     path: Path
     scores: np.ndarray | None = None
@@ -212,6 +227,15 @@ class ImageResult:
     error: str | None = None
     beam_xy: np.ndarray | None = None  # (2,) estimated beam centre (x, y) px, when the model has the head
     shape: tuple[int, int] | None = None  # (height, width) px of the image
+    frame: int | None = 0
+    stacked: bool = False
+    header: dict = field(default_factory=dict)
+    thumbnail: bytes | None = None
+
+    @property
+    def name(self) -> str:
+        """``file`` or ``file#frame`` (a frame of a stack)."""
+        return f"{self.path}#{self.frame}" if self.stacked and self.frame is not None else str(self.path)
 
     @property
     def beam_on_image(self) -> bool | None:
@@ -234,7 +258,8 @@ def _read_one(path: Path) -> tuple[np.ndarray | None, str | None]:
 
 
 def read_ahead(paths: Iterable[Path], workers: int, lookahead: int) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
-    """Yield (path, counts or None, reason or None) in order while ``workers`` threads read ahead.
+    """Yield (path, counts or None, reason or None) of one-frame files in order while ``workers`` threads read
+    ahead (``bench predict``'s reading rate; ``predict`` itself reads frames with :class:`FrameReader`).
 
     At most ``lookahead`` files are being read or waiting, which bounds memory.
     """
@@ -247,6 +272,284 @@ def read_ahead(paths: Iterable[Path], workers: int, lookahead: int) -> Iterator[
             if following is not None:
                 pending.append((following, pool.submit(_read_one, following)))
             yield (path, *future.result())
+
+
+# --------------------------------------------------------------------------- frames read ahead
+@dataclass
+class OpenedFile:
+    """What an opener made of one listed item: the source and the frame numbers to read, or the reason."""
+
+    path: Path
+    source: FrameSource | None = None
+    numbers: list[int] = field(default_factory=list)
+    reason: str | None = None
+    stat: tuple[int, int] | None = None  # (size, mtime_ns) when opened (watch: was it still changing?)
+
+
+@dataclass
+class FrameRead:
+    """One frame as read: counts, or the reason it could not be read (``frame`` None: the whole file)."""
+
+    path: Path
+    frame: int | None
+    counts: np.ndarray | None
+    reason: str | None
+    stacked: bool = False
+    header: dict = field(default_factory=dict)
+    thumbnail: bytes | None = None
+    last_of_file: bool = True
+    stat: tuple[int, int] | None = None
+
+
+def open_all_frames(h5_path: str | None = None) -> Callable[[Path], OpenedFile]:
+    """The opener of ``predict``: every frame of every file."""
+
+    def opener(path: Path) -> OpenedFile:
+        try:
+            source = open_frames(path, h5_path)
+        except UnreadableImageError as e:
+            return OpenedFile(path, reason=e.reason)
+        return OpenedFile(path, source, source.frame_numbers)
+
+    return opener
+
+
+_END = object()
+
+
+class FrameReader:
+    """Frames of a stream of files, read ahead by a pool of threads, handed out in order.
+
+    A feeder thread takes the items one by one (a list for ``predict``; a blocking stream of
+    completed files for ``watch``), opens each with ``opener`` and submits one read per frame to
+    ``workers`` threads; at most ``lookahead`` frames are being read or waiting (memory is bounded
+    whatever the files hold). Each source is closed once its last frame is read.
+
+    Args:
+        items: what to open, in order.
+        opener: item → :class:`OpenedFile` (or None to skip it).
+        thumbnail_size: also make each frame's thumbnail PNG (contact sheet), this many px a side.
+        thumbnail_limit: at most this many thumbnails (the first frames).
+    """
+
+    def __init__(self, items: Iterable, opener: Callable[[object], OpenedFile | None], workers: int = 2,
+                 lookahead: int = 8, thumbnail_size: int | None = None, thumbnail_limit: int | None = None):
+        self._items = items
+        self._opener = opener
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, lookahead))
+        self._head: deque = deque()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._open: dict[int, list] = {}  # id(source) → [source, frames still to read]
+        self._thumbnail_size = thumbnail_size
+        self._thumbnails_left = thumbnail_limit if thumbnail_limit is not None else float("inf")
+        self._finished = False
+        self._thread = threading.Thread(target=self._feed, name="open-files", daemon=True)
+        self._thread.start()
+
+    # ---- feeder thread
+    def _feed(self) -> None:
+        try:
+            for item in self._items:
+                if self._stop.is_set():
+                    break
+                opened = self._opener(item)
+                if opened is None:
+                    continue
+                if opened.source is None:
+                    done: Future = Future()
+                    done.set_result(FrameRead(opened.path, None, None, opened.reason or "unreadable",
+                                              stat=opened.stat))
+                    self._put(done)
+                    continue
+                source, numbers = opened.source, list(opened.numbers)
+                if not numbers:
+                    source.close()
+                    continue
+                with self._lock:
+                    self._open[id(source)] = [source, len(numbers)]
+                for k, number in enumerate(numbers):
+                    if self._stop.is_set():
+                        break
+                    thumbnail = self._thumbnail_size is not None and self._thumbnails_left > 0
+                    self._thumbnails_left -= thumbnail
+                    self._put(self._pool.submit(self._read, source, number, k == len(numbers) - 1, thumbnail,
+                                                opened.stat))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            failed: Future = Future()
+            failed.set_exception(e)
+            self._put(failed)
+        finally:
+            self._put(_END, force=True)
+
+    def _put(self, item, force: bool = False) -> None:
+        while True:
+            if self._stop.is_set() and not force:
+                return
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    return
+
+    # ---- reader threads
+    def _read(self, source: FrameSource, number: int, last: bool, thumbnail: bool, stat) -> FrameRead:
+        counts, reason, frame = None, None, number
+        try:
+            counts = source.read(number)
+        except UnreadableImageError as e:
+            reason, frame = e.reason, e.frame if source.stacked else None
+        except MemoryError:
+            reason = "unreadable (too large for memory)"
+        except Exception as e:  # noqa: BLE001 - one bad frame must never stop the others
+            reason = f"unreadable ({type(e).__name__}: {e})"
+        finally:
+            self._release(source)
+        png = None
+        if thumbnail and counts is not None:
+            from xrayscatter.contact_sheet import thumbnail_png
+
+            try:
+                png = thumbnail_png(counts, self._thumbnail_size)
+            except Exception:  # noqa: BLE001 - a picture is never worth a lost result
+                png = None
+        return FrameRead(source.path, frame, counts, reason, source.stacked, source.header, png, last, stat)
+
+    def _release(self, source: FrameSource) -> None:
+        with self._lock:
+            entry = self._open.get(id(source))
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._open[id(source)]
+        source.close()
+
+    # ---- consumer (the model's thread)
+    def _fill_head(self, timeout: float | None) -> bool:
+        if self._head:
+            return True
+        if self._finished:
+            return False
+        try:
+            self._head.append(self._queue.get(timeout=timeout) if timeout != 0 else self._queue.get_nowait())
+            return True
+        except queue.Empty:
+            return False
+
+    def ready(self) -> bool:
+        """The next frame is read (``get`` will not wait)."""
+        if not self._fill_head(0):
+            return False
+        head = self._head[0]
+        return head is _END or head.done()
+
+    def get(self, timeout: float | None = None) -> FrameRead | None:
+        """The next frame in order; None if none came within ``timeout`` s (or the stream ended: see ``finished``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._fill_head(timeout):
+            return None
+        head = self._head[0]
+        if head is _END:
+            self._head.popleft()
+            self._finished = True
+            return None
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            result = head.result(timeout=remaining)
+        except TimeoutError:
+            return None
+        self._head.popleft()
+        return result
+
+    @property
+    def finished(self) -> bool:
+        """Every item was opened and every frame handed out."""
+        return self._finished
+
+    def __iter__(self) -> Iterator[FrameRead]:
+        while True:
+            read = self.get()
+            if read is None and self._finished:
+                return
+            if read is not None:
+                yield read
+
+    def close(self) -> None:
+        """Stop opening and reading (frames not yet handed out are dropped) and close every open file."""
+        self._stop.set()
+        while True:  # unblock the feeder
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            sources = [entry[0] for entry in self._open.values()]
+            self._open.clear()
+        for source in sources:
+            source.close()
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def tag_frames(model: "TaggingModel", reads: list[FrameRead], power_of_two: bool = False) -> list[ImageResult]:
+    """Run the model on frames already read (one forward pass per frame shape); one result per read, in order.
+
+    Args:
+        power_of_two: split each shape's frames into batches of 16, 8, 4, 2, 1 (13 → 8 + 4 + 1). The first
+            forward pass of every new batch size builds its kernels (0.3–4 s on a busy 2-core machine); batches
+            of whatever size is ready (``watch``) would pay that again and again, these five sizes pay it once.
+
+    A failed forward pass is reported on each of its frames; the other shapes go on.
+    """
+    results = [ImageResult(r.path, error=r.reason, frame=r.frame, stacked=r.stacked, header=dict(r.header or {}),
+                           thumbnail=r.thumbnail) for r in reads]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, read in enumerate(reads):
+        if read.counts is not None:
+            groups.setdefault(read.counts.shape, []).append(i)
+    for indices in groups.values():
+        while indices:
+            size = 1 << (len(indices).bit_length() - 1) if power_of_two else len(indices)
+            run_batch(model, [(i, reads[i].counts) for i in indices[:size]], results)
+            indices = indices[size:]
+    return results
+
+
+def warm_up(model: "TaggingModel", shape: tuple[int, int] = (64, 64), batch_sizes=(1,)) -> None:
+    """Run every signature ``tag_frames`` uses once per batch size on zeros (the first call builds the kernels)."""
+    for size in batch_sizes:
+        zeros = np.zeros((size, *shape), np.float32)
+        model(zeros)
+        if model.has_beam_centre:
+            model.beam_centre(zeros)
+
+
+def run_batch(model: "TaggingModel", batch: list[tuple[int, np.ndarray]], results: list[ImageResult]) -> None:
+    """One forward pass on same-shape frames; fills ``results[i]`` (scores, decisions, beam centre, shape)."""
+    indices = [i for i, _ in batch]
+    stack = np.stack([counts for _, counts in batch])
+    try:
+        scores, decisions = model(stack)
+        beams = model.beam_centre(stack) if model.has_beam_centre else None
+    except Exception as e:  # noqa: BLE001 - a failed batch is reported per frame, the others go on
+        for i in indices:
+            results[i].error = f"prediction failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+        return
+    for row, i in enumerate(indices):
+        results[i].scores, results[i].decisions = scores[row], decisions[row]
+        results[i].shape = stack.shape[1:]
+        if beams is not None:
+            results[i].beam_xy = beams[row]
 
 
 _ALLOCATOR_TUNED = False
@@ -290,22 +593,28 @@ def predict_directory(
     batch_size: int = 16,
     workers: int | None = None,
     quiet: bool = False,
+    h5_path: str | None = None,
+    html: str | Path | None = None,
 ) -> list[tuple[Path, str]]:
-    """Tag every detector image of a folder; print a table; optionally write CSV/JSON Lines.
+    """Tag every frame of every detector file of a folder; print a table; optionally write CSV/JSON Lines and HTML.
 
     Args:
-        directory: folder of detector files (see :func:`xrayscatter.readers.list_detector_files`).
+        directory: folder of detector files (see :func:`xrayscatter.readers.list_detector_files`); data files
+            that an Eiger master in it links to are read through the master, once.
         model: SavedModel folder or model folder of versions; None → :func:`default_model` (the one
             the stored held-out scores favour; printed with the reason); or a loaded :class:`TaggingModel`.
-        output: ``.csv`` or ``.jsonl`` file, one row per file (failed files have an ``error``),
-            every attribute's score and 0/1 decision; written atomically.
+        output: ``.csv`` or ``.jsonl`` file, one row per frame (``file``, ``frame``; failed ones have an
+            ``error``), every attribute's score and 0/1 decision, the header's beam centre, wavelength and
+            distance where files state them; written atomically.
         recursive, glob: which files (see ``list_detector_files``).
-        batch_size: images per forward pass.
+        batch_size: frames per forward pass.
         workers: reading threads (default: min(4, CPUs)).
         quiet: no table or progress bar (benchmarks).
+        h5_path: the data set holding the frames in HDF5 files (default: the Eiger/NeXus layout).
+        html: also write the contact sheet (:mod:`xrayscatter.contact_sheet`), a self-contained page.
 
     Returns:
-        The failures, [(path, reason)], in file order (empty when all were tagged).
+        The failures, [(path or "path#frame", reason)], in order (empty when all were tagged).
 
     Raises:
         XrayscatterError: folder missing or without images, model missing or unusable,
@@ -314,11 +623,15 @@ def predict_directory(
     if batch_size < 1:
         raise XrayscatterError(f"--batch-size must be ≥ 1, got {batch_size}")
     output_format = _output_format(output) if output is not None else None
+    if html is not None and Path(html).suffix.lower() not in (".html", ".htm"):
+        raise XrayscatterError(f"{html}: the contact sheet is an .html file")
     paths = list_detector_files(directory, recursive=recursive, glob=glob)
-    if output is not None:  # a previous run's output inside the folder is not an image to tag
-        paths = [p for p in paths if p.resolve() != Path(output).resolve()]
+    ours = {Path(p).resolve() for p in (output, html) if p is not None}
+    if ours:  # a previous run's output inside the folder is not an image to tag
+        paths = [p for p in paths if p.resolve() not in ours]
         if not paths:
-            raise XrayscatterError(f"{directory}: no detector images besides the output file {output}")
+            raise XrayscatterError(f"{directory}: no detector images besides the output file {output or html}")
+    paths = drop_linked_data_files(paths)
     if model is None:
         path, reason = default_model()
         if not quiet:
@@ -329,30 +642,58 @@ def predict_directory(
     tagging_model = model if isinstance(model, TaggingModel) else TaggingModel(resolve_model_dir(model))
 
     started = time.perf_counter()
+    thumbnail_size = None
+    if html is not None:
+        from xrayscatter.contact_sheet import thumbnail_size_for
+
+        thumbnail_size = thumbnail_size_for(tagging_model)
     results = run_predictions(tagging_model, paths, batch_size=batch_size,
-                              workers=workers or _default_workers(), show_progress=not quiet)
+                              workers=workers or _default_workers(), show_progress=not quiet, h5_path=h5_path,
+                              thumbnail_size=thumbnail_size)
     seconds = time.perf_counter() - started
 
     if output is not None:
         write_predictions(results, tagging_model, Path(output), output_format)
+    if html is not None:
+        write_html(results, tagging_model, Path(html), title=f"xrayscatter predict {directory}")
     if not quiet:
-        print_summary(results, tagging_model, Path(directory), seconds, output)
-    return [(r.path, r.error) for r in results if r.error is not None]
+        print_summary(results, tagging_model, Path(directory), seconds, output, html)
+    return [(r.name, r.error) for r in results if r.error is not None]
+
+
+def write_html(results: list[ImageResult], model: TaggingModel, path: Path, title: str,
+               newest_first: bool = False) -> dict:
+    """The contact sheet of ``results`` (see :func:`xrayscatter.contact_sheet.write_contact_sheet`)."""
+    from xrayscatter.contact_sheet import MAX_THUMBNAILS, write_contact_sheet
+
+    tagged = sum(r.error is None for r in results)
+    return write_contact_sheet(
+        path, results, model.attributes, model.thresholds, score_name=model.score_name, title=title,
+        subtitle=f"{tagged} frame(s) tagged, {len(results) - tagged} unreadable · model {model.path}",
+        newest_first=newest_first, max_thumbnails=MAX_THUMBNAILS)
 
 
 def run_predictions(model: TaggingModel, paths: list[Path], batch_size: int = 16, workers: int = 2,
-                    show_progress: bool = True) -> list[ImageResult]:
-    """Read and tag ``paths``; one :class:`ImageResult` per path, in the same order.
+                    show_progress: bool = True, h5_path: str | None = None,
+                    thumbnail_size: int | None = None) -> list[ImageResult]:
+    """Read and tag every frame of ``paths``; one :class:`ImageResult` per frame (one per file for one-frame
+    files, and one for a file that cannot be opened), in file and frame order.
 
-    Reader threads decode the next files while this thread runs the model (TF releases the
+    Reader threads decode the next frames while this thread runs the model (TF releases the
     GIL). The model runs here rather than in a thread of its own: on a small CPU a third
     busy stage only steals cores from TF's intra-op threads (measured slower).
+
+    Args:
+        h5_path: the data set of the frames in HDF5 files (default: the Eiger/NeXus layout).
+        thumbnail_size: also keep a thumbnail of the first frames (contact sheet), this many px a side.
     """
     from rich.console import Console
 
+    from xrayscatter.contact_sheet import MAX_THUMBNAILS
+
     reuse_freed_memory_for_frames()
-    results = [ImageResult(path) for path in paths]
-    waiting: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}  # same-shape images, not yet a batch
+    results: list[ImageResult] = []
+    waiting: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}  # same-shape frames, not yet a batch
 
     progress = progress_bar("predict", fields=("rate",), console=Console(stderr=True), disable=not show_progress,
                             transient=True)
@@ -361,35 +702,27 @@ def run_predictions(model: TaggingModel, paths: list[Path], batch_size: int = 16
 
     def run(batch: list[tuple[int, np.ndarray]]) -> None:
         nonlocal done
-        indices = [i for i, _ in batch]
-        stack = np.stack([counts for _, counts in batch])
-        try:
-            scores, decisions = model(stack)
-            beams = model.beam_centre(stack) if model.has_beam_centre else None
-        except Exception as e:  # noqa: BLE001 - a failed batch is reported per file, the others go on
-            for i in indices:
-                results[i].error = f"prediction failed ({type(e).__name__}: {str(e).splitlines()[0]})"
-        else:
-            for row, i in enumerate(indices):
-                results[i].scores, results[i].decisions = scores[row], decisions[row]
-                results[i].shape = stack.shape[1:]
-                if beams is not None:
-                    results[i].beam_xy = beams[row]
-        done += len(indices)
-        progress.update(task, advance=len(indices), rate=f"{done / (time.perf_counter() - started):.1f} img/s")
+        run_batch(model, batch, results)
+        done += len(batch)
+        progress.update(task, rate=f"{done / (time.perf_counter() - started):.1f} frames/s")
 
     with progress:
-        task = progress.add_task("", total=len(paths), rate="– img/s")
+        task = progress.add_task("", total=len(paths), rate="– frames/s")
         lookahead = 2 * batch_size + workers
-        for index, (path, counts, reason) in enumerate(read_ahead(paths, workers, lookahead)):
-            if reason is not None:
-                results[index].error = reason
-                progress.advance(task)
-                continue
-            group = waiting.setdefault(counts.shape, [])
-            group.append((index, counts))
-            if len(group) == batch_size:
-                run(waiting.pop(counts.shape))
+        with FrameReader(paths, open_all_frames(h5_path), workers, lookahead, thumbnail_size,
+                         MAX_THUMBNAILS if thumbnail_size else None) as reader:
+            for read in reader:
+                index = len(results)
+                results.append(ImageResult(read.path, error=read.reason, frame=read.frame, stacked=read.stacked,
+                                           header=dict(read.header or {}), thumbnail=read.thumbnail))
+                if read.last_of_file:
+                    progress.advance(task)
+                if read.counts is None:
+                    continue
+                group = waiting.setdefault(read.counts.shape, [])
+                group.append((index, read.counts))
+                if len(group) == batch_size:
+                    run(waiting.pop(read.counts.shape))
         for shape in list(waiting):
             run(waiting.pop(shape))
     return results
@@ -404,11 +737,14 @@ def _output_format(output: str | Path) -> str:
 
 
 def prediction_rows(results: list[ImageResult], model: TaggingModel) -> list[dict]:
-    """One flat dict per file: file, error, tags, (beam_x, beam_y, beam_on_image when the model estimates the
-    beam centre), then ``<slug>_<score name>`` and ``<slug>_decision``."""
+    """One flat dict per frame: file, frame (empty when the whole file failed), error, tags, (beam_x, beam_y,
+    beam_on_image when the model estimates the beam centre), (header_beam_x, header_beam_y, wavelength_angstrom,
+    distance_m when a file states them), then ``<slug>_<score name>`` and ``<slug>_decision``."""
+    with_header = [name for name in HEADER_FIELDS if any(name in (r.header or {}) for r in results)]
     rows = []
     for result in results:
-        row = {"file": str(result.path), "error": result.error or "", "tags": ""}
+        row = {"file": str(result.path), "frame": "" if result.frame is None else result.frame,
+               "error": result.error or "", "tags": ""}
         if result.error is None:
             row["tags"] = ";".join(n for n, d in zip(model.attributes, result.decisions) if d)
         if model.has_beam_centre:
@@ -416,6 +752,9 @@ def prediction_rows(results: list[ImageResult], model: TaggingModel) -> list[dic
             row["beam_x"] = f"{result.beam_xy[0]:.1f}" if ok else ""
             row["beam_y"] = f"{result.beam_xy[1]:.1f}" if ok else ""
             row["beam_on_image"] = int(result.beam_on_image) if ok else ""
+        for name in with_header:
+            value = (result.header or {}).get(name)
+            row[f"header_{name}" if name.startswith("beam") else name] = "" if value is None else f"{value:.6g}"
         for i, name in enumerate(model.attributes):
             ok = result.error is None
             row[f"{slug(name)}_{model.score_name}"] = f"{result.scores[i]:.6g}" if ok else ""
@@ -424,26 +763,30 @@ def prediction_rows(results: list[ImageResult], model: TaggingModel) -> list[dic
     return rows
 
 
-def prediction_records(results: list[ImageResult], model: TaggingModel) -> list[dict]:
-    """One JSON-able dict per file: file, error, tags, {name: score}, {name: 0/1}."""
+def prediction_record(result: ImageResult, model: TaggingModel) -> dict:
+    """One JSON-able dict per frame: file, frame, error, (stacked: true for a frame of a multi-frame file), tags,
+    {name: score}, {name: 0/1}, header, beam_centre."""
     key = "probabilities" if model.score_name == "probability" else "scores"
-    records = []
-    for result in results:
-        if result.error is not None:
-            records.append({"file": str(result.path), "error": result.error})
-            continue
-        record = {
-            "file": str(result.path),
-            "error": None,
+    record = {"file": str(result.path), "frame": result.frame, "error": result.error}
+    if result.stacked:
+        record["stacked"] = True  # one frame of a multi-frame file (named file#frame)
+    if result.error is None:
+        record.update({
             "tags": [n for n, d in zip(model.attributes, result.decisions) if d],
-            key: {n: float(s) for n, s in zip(model.attributes, result.scores)},
+            key: {n: round(float(s), 6) for n, s in zip(model.attributes, result.scores)},
             "decisions": {n: int(d) for n, d in zip(model.attributes, result.decisions)},
-        }
+        })
         if result.beam_xy is not None:
             record["beam_centre"] = {"x": round(float(result.beam_xy[0]), 2), "y": round(float(result.beam_xy[1]), 2),
                                      "on_image": result.beam_on_image}
-        records.append(record)
-    return records
+    if result.header:
+        record["header"] = {k: round(float(v), 6) for k, v in result.header.items()}
+    return record
+
+
+def prediction_records(results: list[ImageResult], model: TaggingModel) -> list[dict]:
+    """:func:`prediction_record` of every result."""
+    return [prediction_record(result, model) for result in results]
 
 
 def write_predictions(results: list[ImageResult], model: TaggingModel, output: Path, output_format: str) -> Path:
@@ -451,7 +794,8 @@ def write_predictions(results: list[ImageResult], model: TaggingModel, output: P
     buffer = io.StringIO(newline="")
     if output_format == "csv":
         rows = prediction_rows(results, model)
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["file", "frame", "error", "tags"],
+                                lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     else:
@@ -461,8 +805,8 @@ def write_predictions(results: list[ImageResult], model: TaggingModel, output: P
 
 
 def print_summary(results: list[ImageResult], model: TaggingModel, directory: Path, seconds: float,
-                  output: str | Path | None) -> None:
-    """Terminal table (file, tags, top attributes) on stdout, failures with reasons, one summary line."""
+                  output: str | Path | None, html: str | Path | None = None) -> None:
+    """Terminal table (file or file#frame, tags, top attributes) on stdout, failures with reasons, one summary line."""
     from rich.console import Console
     from rich.table import Table
 
@@ -470,14 +814,15 @@ def print_summary(results: list[ImageResult], model: TaggingModel, directory: Pa
     tagged = [r for r in results if r.error is None]
     failed = [r for r in results if r.error is not None]
 
-    def name(path: Path) -> str:
+    def name(result: ImageResult) -> str:
         try:
-            return str(path.relative_to(directory))
+            shown = str(result.path.relative_to(directory))
         except ValueError:
-            return str(path)
+            shown = str(result.path)
+        return f"{shown}#{result.frame}" if result.stacked and result.frame is not None else shown
 
     if tagged:
-        table = Table(title=f"{len(tagged)} image(s) tagged by {model.path}")
+        table = Table(title=f"{len(tagged)} frame(s) tagged by {model.path}")
         table.add_column("file", overflow="fold")
         table.add_column("tags (yes)", overflow="fold")
         table.add_column(f"top {TOP_ATTRIBUTES} ({model.score_name})", overflow="fold")
@@ -485,19 +830,23 @@ def print_summary(results: list[ImageResult], model: TaggingModel, directory: Pa
             order = np.argsort(-result.scores)[:TOP_ATTRIBUTES]
             top = ", ".join(f"{model.attributes[i]} {result.scores[i]:.2f}" for i in order)
             tags = ", ".join(n for n, d in zip(model.attributes, result.decisions) if d) or "–"
-            table.add_row(name(result.path), tags, top)
+            table.add_row(name(result), tags, top)
         console.print(table)
         if len(tagged) > TABLE_ROWS:
             console.print(f"… and {len(tagged) - TABLE_ROWS} more (all rows are in --output)")
     if failed:
-        table = Table(title=f"{len(failed)} file(s) not tagged", title_style="bold red")
+        table = Table(title=f"{len(failed)} file(s) or frame(s) not tagged", title_style="bold red")
         table.add_column("file", overflow="fold")
         table.add_column("reason", overflow="fold")
         for result in failed:
-            table.add_row(name(result.path), result.error)
+            table.add_row(name(result), result.error)
         console.print(table)
     rate = len(tagged) / seconds if seconds > 0 else float("nan")
-    line = f"{len(tagged)} tagged, {len(failed)} failed in {seconds:.1f} s ({rate:.1f} images/s)"
+    files = len({r.path for r in results})
+    line = (f"{len(tagged)} tagged, {len(failed)} failed in {seconds:.1f} s ({rate:.1f} frames/s; "
+            f"{len(results)} frame(s) of {files} file(s))")
     if output is not None:
         line += f"; wrote {output}"
+    if html is not None:
+        line += f"; contact sheet {html}"
     console.print(line, highlight=False)

@@ -16,12 +16,26 @@ mask           bytes        8-bit PNG, 1 where the detector is light-sensitive, 
                             and outside the active area (v2; absent → all sensitive)
 beam           float × 2    beam centre (x, y) in px of the stored image, pixel centres at
                             index + 0.5; may lie outside it (v2; absent → NaN, unknown)
+resized        bytes        16-bit 3-channel PNG: the image as the training input pipeline first
+                            makes it, at the side it needs (v3; optional, see below)
 =============  ===========  ==========================================================
 
 Masked pixels (module gaps, outside a plate's disc) are stored as 0 counts, as 16-bit
 detector files store them; ``mask`` says which they are, so that training can show them
 either way (0 counts, or missing as Pilatus files mark them), and ``beam`` is the target of
 the ResNet's beam-centre head. Version 1 records (without them) still parse.
+
+``resized`` (v3, optional) spares the training input pipeline the decoding and shrinking of a
+large image: the centred padded square resized (bilinear, antialiased) to R px, where R is the
+side training makes its input channels at (``config.stored_view_size``), as three 16-bit
+channels (``RESIZED_SCALE``): log counts (``normalization.normalize_counts``), the measured
+fraction with the module gaps missing, and the measured fraction with the gaps as 0 counts
+(padding only). Input channels made from these at R px equal those made from the full image up to
+the 16-bit rounding (the resize is linear); channels at another side would not (a second resize blurs),
+so a pipeline reads the feature only when every image it makes (with the beam-region branch, the image
+and the detail) is R px, and none is stored for a training that makes its image and detail at two sides.
+Written only when the image is larger than R; records without it (v1, v2, or small images) are decoded
+in full.
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ import tensorflow as tf
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 NO_BEAM = (float("nan"), float("nan"))
 
 FEATURE_SPEC = {
@@ -46,7 +60,11 @@ FEATURE_SPEC = {
     "params": tf.io.FixedLenFeature([], tf.string),
     "mask": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "beam": tf.io.FixedLenFeature([2], tf.float32, default_value=list(NO_BEAM)),
+    "resized": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
+# The resized channels (in [0, 1]) as 16-bit integers: log counts × 65535; the measured fractions × 2**15,
+# which keeps k / 2**n fractions (0.5 at a gap's edge) exact, so thresholds on them select the same pixels.
+RESIZED_SCALE = (65535.0, 32768.0, 32768.0)
 
 SCHEMA_DESCRIPTION = {
     "version": SCHEMA_VERSION,
@@ -59,6 +77,8 @@ SCHEMA_DESCRIPTION = {
     "params": "JSON string, simulation record",
     "mask": "PNG, 8-bit, 1 = light-sensitive pixel, 0 = module gap / outside the active area (optional)",
     "beam": "float32[2], beam centre (x, y) px in the stored image, pixel centres at index + 0.5 (optional)",
+    "resized": "PNG, 16-bit, 3 channels / (65535, 32768, 32768): log counts, measured fraction with gaps missing, with gaps "
+               "as counts; centred padded square resized to the training pipeline's side (optional)",
 }
 
 
@@ -80,13 +100,47 @@ def encode_png_uint16(counts: np.ndarray) -> bytes:
     return tf.io.encode_png(counts[:, :, None], compression=6).numpy()
 
 
+def encode_resized(counts: np.ndarray, mask: np.ndarray | None, size: int) -> bytes:
+    """(H, W) counts and light-sensitive mask → the ``resized`` feature at ``size`` px (16-bit PNG, 3 channels)."""
+    from xrayscatter.normalization import pad_to_square, resize_square, square_log_and_valid
+
+    counts = np.clip(np.nan_to_num(np.asarray(counts, np.float32), nan=0.0), 0, 65535).astype(np.uint16)
+    sensitive = np.ones(counts.shape, bool) if mask is None else np.asarray(mask, bool)
+    log_square, _ = square_log_and_valid(tf.constant(counts[None], tf.float32))
+    gaps_missing = pad_to_square(tf.constant(sensitive[None, :, :, None], tf.float32))
+    gaps_counted = pad_to_square(tf.ones((1, *counts.shape, 1), tf.float32))
+    square = tf.concat([log_square, gaps_missing, gaps_counted], axis=-1)
+    resized = resize_square(square, size)[0]
+    levels = tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 1.0) * tf.constant(RESIZED_SCALE)), tf.uint16)
+    return tf.io.encode_png(levels, compression=6).numpy()
+
+
+def resized_side(resized: tf.Tensor) -> tf.Tensor:
+    """Side (px) of a ``resized`` feature from its PNG header (int32 scalar; 0 when the record has none)."""
+    def width():  # the IHDR chunk's big-endian width (bytes 16-19 of a PNG)
+        digits = tf.cast(tf.io.decode_raw(tf.strings.substr(resized, 16, 4), tf.uint8, fixed_length=4), tf.int32)
+        return ((digits[0] * 256 + digits[1]) * 256 + digits[2]) * 256 + digits[3]
+
+    return tf.cond(tf.strings.length(resized) > 24, width, lambda: tf.constant(0, tf.int32))
+
+
+def decode_resized(resized: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """A ``resized`` feature of side ``size`` → (size, size, 1) float32 each: log counts, measured fraction
+    with the gaps missing, and with the gaps as counts (graph code)."""
+    image = tf.io.decode_png(resized, channels=3, dtype=tf.uint16)
+    image = tf.ensure_shape(tf.cast(image, tf.float32) / tf.constant(RESIZED_SCALE), (size, size, 3))
+    return image[:, :, 0:1], image[:, :, 1:2], image[:, :, 2:3]
+
+
 def serialize_example(counts: np.ndarray, labels, run_id: int, image_id: int, params: dict,
-                      mask: np.ndarray | None = None, beam_xy=None) -> bytes:
+                      mask: np.ndarray | None = None, beam_xy=None, resized_size: int = 0) -> bytes:
     """One image and its record → serialized ``tf.train.Example`` bytes (deterministic).
 
     Args:
         mask: (H, W) bool, True where the detector is light-sensitive (None: not stored).
         beam_xy: beam centre (x, y) in px of the image (None: not stored).
+        resized_size: store the ``resized`` feature at this side (px) when the image is larger
+            (0: never).
     """
     height, width = counts.shape
     if len(labels) != NUM_ATTRIBUTES:
@@ -106,23 +160,34 @@ def serialize_example(counts: np.ndarray, labels, run_id: int, image_id: int, pa
         feature["mask"] = _bytes(tf.io.encode_png(np.asarray(mask, np.uint8)[:, :, None], compression=6).numpy())
     if beam_xy is not None:
         feature["beam"] = _floats(beam_xy)
+    if resized_size and resized_size < max(height, width):
+        feature["resized"] = _bytes(encode_resized(counts, mask, resized_size))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
 
-def parse_example(serialized: tf.Tensor) -> dict:
+def decode_image_and_mask(record: dict) -> tuple[tf.Tensor, tf.Tensor]:
+    """A parsed record's ``image`` and ``mask`` PNGs → (H, W) float32 counts and (H, W) float32 1 / 0."""
+    image = tf.cast(tf.io.decode_png(record["image"], channels=1, dtype=tf.uint16)[:, :, 0], tf.float32)
+    mask = tf.cond(tf.strings.length(record["mask"]) > 0,
+                   lambda: tf.cast(tf.io.decode_png(record["mask"], channels=1)[:, :, 0], tf.float32),
+                   lambda: tf.ones_like(image))
+    return image, mask
+
+
+def parse_example(serialized: tf.Tensor, decode: bool = True) -> dict:
     """Serialized Example (scalar string tensor) → dict with ``image`` as (H, W) float32 counts,
     ``mask`` (H, W) float32 1 / 0 (all 1 when the record has none) and ``beam`` (2,) float32.
+
+    Args:
+        decode: False: leave ``image`` and ``mask`` as PNG bytes (see :func:`decode_image_and_mask`).
 
     Graph-compatible (use inside ``tf.data.Dataset.map``).
     """
     record = tf.io.parse_single_example(serialized, FEATURE_SPEC)
-    image = tf.io.decode_png(record["image"], channels=1, dtype=tf.uint16)
-    record["image"] = tf.cast(image[:, :, 0], tf.float32)
     record["labels"] = tf.cast(record["labels"], tf.float32)
-    record["mask"] = tf.cond(tf.strings.length(record["mask"]) > 0,
-                             lambda: tf.cast(tf.io.decode_png(record["mask"], channels=1)[:, :, 0], tf.float32),
-                             lambda: tf.ones_like(record["image"]))
+    if decode:
+        record["image"], record["mask"] = decode_image_and_mask(record)
     return record
 
 

@@ -1,8 +1,9 @@
 """The ResNet's tf.data input pipelines over the sharded TFRecords of one split.
 
     shard list (dataset.py) ─► (per-worker shard) ─► shuffle files (train) ─► parallel interleave
-    ─► parse + decode 16-bit PNG ─► module gaps as missing or as 0 counts ─► input channels,
-    pad square, resize (in graph) ─► cache (optional) ─► shuffle + repeat + augment (train)
+    ─► parse + decode 16-bit PNG ─► module gaps as missing or as 0 counts ─► pad square
+       (or: the record's stored ``resized`` square, schema v3, when every size made is its side)
+    ─► input channels at each size (in graph) ─► cache (optional) ─► shuffle + repeat + augment (train)
     ─► batch ─► (tf.data service, train, optional) ─► prefetch
 
 Every stage runs with ``AUTOTUNE`` parallelism; training reads in non-deterministic
@@ -27,23 +28,16 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from xrayscatter.config import stored_view_size, train_load_size  # noqa: F401 (stored_view_size: part of this module's API)
 from xrayscatter.dataset import count_records, read_records, shard_paths
 from xrayscatter.distribute.strategy import share_of_files
 from xrayscatter.normalization import channels_from_square, model_input, square_log_and_valid
-from xrayscatter.schema import FEATURE_SPEC, parse_example
+from xrayscatter.schema import FEATURE_SPEC, decode_image_and_mask, decode_resized, parse_example, resized_side
 
-# Training crops come from the image resized to 256/224 of the input size: the
-# smallest scale of the paper's 15-crop feature.
-TRAIN_RESIZE_FACTOR = 256 / 224
 CENTRE_JITTER = 0.03  # σ of the noise on the true beam centre given to the detail branch (image sides)
 
 
 # --------------------------------------------------------------------------- pipeline
-def train_load_size(input_size: int) -> int:
-    """Side (px) of the resized image that training crops come from."""
-    return int(round(input_size * TRAIN_RESIZE_FACTOR))
-
-
 def shard_records(paths: list[str], training: bool, input_context) -> tf.data.Dataset:
     """Serialized records of this input pipeline's share of the shards, read in parallel (shuffled when training)."""
     return share_of_files(paths, input_context, lambda files: read_records(files, shuffle=training))
@@ -160,19 +154,39 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     beam_head = settings.beam_centre_weight > 0
     detail_size = settings.detail_size if beam_head else 0
     storage = tf.float16 if detail_size else tf.float32  # the cache holds the images and their detail
+    # The image (at load size) and the detail are each made from the padded square of counts; or, when this
+    # pipeline makes them at one side, from the record's stored ``resized`` square if it has that side
+    # (``stored_view_size``: input channels made from it equal those from the counts up to its 16-bit rounding).
+    sides = (load_size, detail_size) if detail_size else (load_size,)
+    stored_side = load_size if set(sides) == {load_size} else 0
 
     def decode(serialized):
-        record = parse_example(serialized)
-        counts, mask = record["image"], record["mask"]
+        record = parse_example(serialized, decode=False)
         # Module gaps arrive as missing pixels from Pilatus-like files and as 0 counts from 16-bit
         # files: training shows both; evaluation shows them missing (mask is all 1 in v1 records).
         as_missing = tf.random.uniform(()) < gaps_missing if 0 < gaps_missing < 1 else tf.constant(gaps_missing > 0)
-        counts = tf.where((mask > 0.5) | ~as_missing, counts, -1.0)
-        beam = beam_in_square(record["beam"], tf.shape(counts)[0], tf.shape(counts)[1])
-        if not detail_size:
-            return model_input(counts[None], load_size, channels)[0], record["labels"], beam
-        image, detail = image_and_detail(counts[None], load_size, detail_size, channels)
-        return (tf.cast(image[0], storage), tf.cast(detail[0], storage)), record["labels"], beam
+
+        def views(log_square, valid_square):
+            """(1, N, N, 1) log counts and measured fraction → the input channels at each size, for the cache
+            (made once where the image and the detail have one side)."""
+            made = {side: tf.cast(channels_from_square(log_square, valid_square, side, channels)[0], storage)
+                    for side in dict.fromkeys(sides)}
+            return tuple(made[side] for side in sides)
+
+        def from_counts():
+            counts, mask = decode_image_and_mask(record)
+            counts = tf.where((mask > 0.5) | ~as_missing, counts, -1.0)
+            return views(*square_log_and_valid(counts[None]))
+
+        def from_resized():  # the padded square stored at stored_side (schema.py, "resized"): no full decode
+            log, gaps_missing_valid, gaps_counted_valid = decode_resized(record["resized"], stored_side)
+            valid = tf.where(as_missing, gaps_missing_valid, gaps_counted_valid)
+            return views(log[None], valid[None])
+
+        made = (tf.cond(resized_side(record["resized"]) == stored_side, from_resized, from_counts) if stored_side
+                else from_counts())
+        beam = beam_in_square(record["beam"], tf.cast(record["height"], tf.int32), tf.cast(record["width"], tf.int32))
+        return (tuple(made) if detail_size else made[0]), record["labels"], beam
 
     def example(source, labels, beam):
         """(network inputs, targets) from the decoded image (and detail): crops, flips and turns when augmenting."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayscatter.attributes import ATTRIBUTES
-from xrayscatter.config import PipelineConfig, SimulateConfig
+from xrayscatter.config import PipelineConfig, SimulateConfig, stored_view_size
 from xrayscatter.dataset import INDEX_DIR, MANIFEST, SPLITS, dataset_dir, shard_name
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.files import atomic_path, progress_bar, write_atomically
@@ -114,6 +114,7 @@ def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) 
     tf = import_tensorflow()  # quietly, once per worker
     from xrayscatter.schema import serialize_example
 
+    resized_size = stored_view_size(config)  # what training reads, stored when the image is larger
     out_dir = dataset_dir(config)
     final = out_dir / shard.filename(config.simulate.dataset)
     counts = np.zeros(len(ATTRIBUTES), dtype=np.int64)
@@ -123,7 +124,8 @@ def _write_shard(config: PipelineConfig, shard: ShardSpec, progress_queue=None) 
             for image_id in shard.image_ids:
                 image = simulate_image_from_config(config.simulate, config.seed, image_id)
                 writer.write(serialize_example(image.counts, image.labels, image.run_id, image.image_id,
-                                               image.params, mask=image.valid, beam_xy=image.beam_xy))
+                                               image.params, mask=image.valid, beam_xy=image.beam_xy,
+                                               resized_size=resized_size))
                 counts += np.asarray(image.labels)
                 runs.add(image.run_id)
                 if progress_queue is not None:
