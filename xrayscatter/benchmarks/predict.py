@@ -30,19 +30,28 @@ TARGET_RATIO = 0.9
 REPEATS = 3  # each rate is the best of this many passes (other processes share the CPU)
 
 
-def write_tiff_folder(folder: Path, images: int, size: int, seed: int = 0) -> list[Path]:
-    """``images`` Pilatus-like int32 TIFFs of ``size`` × ``size`` px (rings, a gap row, Poisson counts)."""
-    import tifffile
-
+def pilatus_frames(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Pilatus-like int32 frames of ``size`` × ``size`` px: a central peak, a ring, Poisson counts, and a band
+    of −1 where a module gap is (17 rows at 1024 px, scaled with the size)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     radius = np.hypot(yy - 0.45 * size, xx - 0.5 * size)
-    paths = []
-    for i in range(images):
+    frames = []
+    for _ in range(count):
         ring = 0.2 * size * (1 + 0.2 * rng.random())
         mean = 2 + 2000 * np.exp(-radius / (0.03 * size)) + 300 * np.exp(-((radius - ring) / (0.01 * size)) ** 2)
         counts = rng.poisson(mean).astype(np.int32)
-        counts[size // 3: size // 3 + 17, :] = -1  # module gap, as Pilatus writes it
+        counts[size // 3: size // 3 + max(1, round(17 * size / 1024)), :] = -1  # module gap, as Pilatus writes it
+        frames.append(counts)
+    return frames
+
+
+def write_tiff_folder(folder: Path, images: int, size: int, seed: int = 0) -> list[Path]:
+    """``images`` Pilatus-like int32 TIFFs (:func:`pilatus_frames`) in ``folder``."""
+    import tifffile
+
+    paths = []
+    for i, counts in enumerate(pilatus_frames(images, size, seed)):
         path = folder / f"frame_{i:05d}.tif"
         tifffile.imwrite(path, counts)
         paths.append(path)

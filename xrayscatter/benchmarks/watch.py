@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from xrayscatter.benchmarks import results_table
+from xrayscatter.benchmarks.predict import pilatus_frames
 from xrayscatter.errors import XrayscatterError
 
 TARGET_MEDIAN_S = 0.5
@@ -57,21 +58,6 @@ MAKE_A_MODEL = ("no trained model under saved_models/ (and no --model): make a s
 
 
 # --------------------------------------------------------------------------- the writer (another process)
-def pilatus_frames(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    """Pilatus-like int32 frames: a central peak, a ring, Poisson counts, a module-gap band of −1."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    radius = np.hypot(yy - 0.45 * size, xx - 0.5 * size)
-    frames = []
-    for _ in range(count):
-        ring = 0.2 * size * (1 + 0.2 * rng.random())
-        mean = 2 + 2000 * np.exp(-radius / (0.03 * size)) + 300 * np.exp(-((radius - ring) / (0.01 * size)) ** 2)
-        counts = rng.poisson(mean).astype(np.int32)
-        counts[size // 3: size // 3 + max(1, size // 60), :] = -1
-        frames.append(counts)
-    return frames
-
-
 def _tiff_bytes(frame: np.ndarray) -> bytes:
     import tifffile
 
