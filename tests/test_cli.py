@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from helpers import REPO
 
@@ -50,3 +51,39 @@ def test_preview_writes_a_png(tmp_path):
     result = _run("simulate", "preview", "-p", str(REPO / "pipelines" / "smoke.toml"), "-n", "4", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_job_array_recipe_runs_as_written_at_smoke_size(tmp_path):
+    """The README's "Simulation across a job array" shell blocks, run verbatim (sbatch emulated: one run of the
+    task script per array index) in a folder whose pipelines/default.toml is the smoke pipeline."""
+    import os
+    import re
+    import shutil
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Simulation across a job array"):readme.index("## Why not tensorflow-io")]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    task_script = next(b for b in blocks if "$SLURM_ARRAY_TASK_ID" in b)
+    submit = next(b for b in blocks if "sbatch --array" in b).splitlines()
+    array = re.fullmatch(r"sbatch --array=0-\$\(\( \$\((.+)\) - 1 \)\) (\S+)", submit[0].strip())
+    assert array, submit[0]
+    (tmp_path / "pipelines").mkdir()
+    shutil.copy(REPO / "pipelines" / "smoke.toml", tmp_path / "pipelines" / "default.toml")
+    (tmp_path / array.group(2)).write_text(task_script)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def shell(command: str, **extra) -> str:
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True)
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    count = int(shell(array.group(1)))
+    assert count == 6  # the smoke pipeline's shards
+    for task in range(count):
+        shell(f"bash {array.group(2)}", SLURM_ARRAY_TASK_ID=str(task))
+    for line in submit[1:]:
+        if line.strip() and not line.lstrip().startswith("#"):
+            shell(line)
+    manifest = tmp_path / "tfrecords" / "smoke" / "manifest.json"
+    assert manifest.is_file()
+    assert len(list((tmp_path / "tfrecords" / "smoke").glob("smoke-*.tfrecord-*"))) == count

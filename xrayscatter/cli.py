@@ -77,6 +77,14 @@ def simulate_finalize(pipeline: str = PipelineOption):
     typer.echo(f"wrote {path}")
 
 
+@simulate_app.command("shards")
+def simulate_shards(pipeline: str = PipelineOption):
+    """Print how many shards the pipeline's data set has (global numbers 0 … N−1, for a job array's --shards)."""
+    from xrayscatter.simulate.writer import plan_shards
+
+    typer.echo(len(plan_shards(_config(pipeline))))
+
+
 @simulate_app.command("preview")
 def simulate_preview(
     pipeline: str = PipelineOption,
