@@ -131,9 +131,12 @@ def test_evaluate_a_folder_of_real_format_files(smoke_models, tmp_path):
 
     config = dataclasses.replace(smoke_models, evaluate=dataclasses.replace(
         smoke_models.evaluate, feature_sets=("autoencoder",), baselines=("lbpphog",),
-        export_feature_set="autoencoder", hierarchical=False))
-    report = run_evaluation(config, data_dir=folder, report_name="beamline")
+        export_feature_set="autoencoder", hierarchical=True))
+    # labels.csv has no SAXS column: the hierarchical mode is skipped (said once), the flat evaluation runs
+    report = run_evaluation(config, data_dir=folder, report_name="beamline", export=True)
     metrics = json.loads((report / "metrics.json").read_text())
+    assert config.evaluate.hierarchy_attribute in metrics["protocol"]["hierarchical_skipped"]
+    assert metrics["protocol"]["hierarchical"] is False and "hierarchical" not in metrics
     assert metrics["dataset"]["skipped"] == 2 and metrics["dataset"]["num_runs"] == 4
     assert set(metrics["feature_sets"]["autoencoder"]["per_attribute"]) == set(data.attributes)
     assert metrics["tables"]["table3"] == []
@@ -149,3 +152,9 @@ def test_evaluate_a_folder_of_real_format_files(smoke_models, tmp_path):
     assert model.attributes == data.attributes and model.score_name == "score"
     scores, decisions = model(data.image(1)[None])
     assert scores.shape == (1, 3) and set(np.unique(decisions)) <= {0, 1}
+
+    # Without --export, a folder's evaluation leaves saved_models/attributes/ as it was
+    exported = sorted(Path(metrics["export"]["path"]).parent.iterdir())
+    quick = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, baselines=()))
+    again = json.loads((run_evaluation(quick, data_dir=folder, report_name="beamline2") / "metrics.json").read_text())
+    assert "skipped" in again["export"] and sorted(Path(metrics["export"]["path"]).parent.iterdir()) == exported

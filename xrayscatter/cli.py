@@ -132,11 +132,15 @@ def evaluate_command(
     data: Optional[Path] = typer.Option(
         None, "--data", help="Folder of real detector images with labels.csv (default: the synthetic TFRecords)."),
     name: Optional[str] = typer.Option(None, "--name", help="Report name (default: the pipeline name)."),
+    export: Optional[bool] = typer.Option(
+        None, "--export/--no-export",
+        help="Export the attribute model to saved_models/attributes/ (default: for the simulated data set, "
+             "not for --data)."),
 ):
     """One-vs-all linear SVMs, leave-one-run-out AP, baselines → reports/<name>/."""
     from xrayscatter.evaluation.run import run_evaluation
 
-    run_evaluation(_config(pipeline), data_dir=data, report_name=name)
+    run_evaluation(_config(pipeline), data_dir=data, report_name=name, export=export)
 
 
 H5PathOption = typer.Option(

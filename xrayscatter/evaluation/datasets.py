@@ -109,6 +109,10 @@ class EvaluationData:
         if images:
             yield np.array(chosen, dtype=np.int64), np.stack(images)
 
+    def has_grouping(self, name: str) -> bool:
+        """Whether ``name`` is a label column or a ``groups`` entry (what :meth:`group_labels` can give)."""
+        return name in self.attributes or name in self.groups
+
     def group_labels(self, name: str) -> np.ndarray:
         """(N,) float32 1 / 0 / NaN of a grouping attribute: a label column or a ``groups`` entry."""
         if name in self.attributes:

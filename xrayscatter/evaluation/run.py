@@ -34,7 +34,7 @@ from xrayscatter.metrics import HOLDOUT_AP_RULE, average_precisions, mean_averag
 
 
 def run_evaluation(config, data_dir: str | Path | None = None, report_name: str | None = None,
-                   console: Console | None = None) -> Path:
+                   console: Console | None = None, export: bool | None = None) -> Path:
     """Evaluate the pipeline's features and baselines; write the report; export the attribute model.
 
     Args:
@@ -42,6 +42,9 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
         data_dir: a folder of detector images with labels.csv (default: ``evaluate.real_data_dir``,
             else the pipeline's synthetic TFRecords).
         report_name: folder name under ``evaluate.report_dir`` (default: the pipeline name).
+        export: export the attribute model (``evaluate.export_feature_set``) to ``saved_models/attributes/``;
+            None: for the pipeline's own simulated data, not for a folder of labelled files (a model trained
+            on one user's folder should not become a default by surprise).
 
     Returns:
         The report folder.
@@ -64,7 +67,12 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
                       f"labels.csv and were ignored[/]")
     console.print(f"evaluating {len(data)} images of {len(data.run_names)} runs, {len(data.attributes)} attributes "
                   f"({data.source}: {data.location})")
-    group = data.group_labels(ev.hierarchy_attribute) if ev.hierarchical else None
+    hierarchical = ev.hierarchical and data.has_grouping(ev.hierarchy_attribute)
+    if ev.hierarchical and not hierarchical:
+        console.print(f"[yellow]hierarchical mode skipped[/]: '{ev.hierarchy_attribute}' is neither a label column nor "
+                      f"a grouping of {data.location}; flat evaluation only")
+    group = data.group_labels(ev.hierarchy_attribute) if hierarchical else None
+    export_model = bool(ev.export_feature_set) and (data.source == "synthetic" if export is None else export)
     cache = FeatureCache(ev.cache_dir)
 
     with progress_bar("", elapsed=True, console=console, transient=True) as progress:
@@ -88,24 +96,26 @@ def run_evaluation(config, data_dir: str | Path | None = None, report_name: str 
         holdout, holdout_rows, holdout_probabilities = (network_holdout(data, config, cache, progress) if uses_resnet
                                                         else (None, None, None))
 
-        export = None
-        if ev.export_feature_set:
+        exported = None
+        if export_model:
             step = time.perf_counter()
-            export = _export(matrices, results, data, config, threads, holdout, holdout_rows, holdout_probabilities)
+            exported = _export(matrices, results, data, config, threads, holdout, holdout_rows, holdout_probabilities)
             timing["export_s"] = time.perf_counter() - step
 
     metrics = {
         "name": report_name or config.name,
         "dataset": data.summary(),
-        "protocol": _protocol(config, data),
+        "protocol": _protocol(config, data, hierarchical),
         "feature_sets": {name: _feature_metrics(matrices[name], result, data)
                          for name, result in results.items()},
         "network_holdout": holdout,
-        "export": export,
+        "export": exported if export_model else (
+            {"skipped": "not asked for: a folder's evaluation exports its attribute model with --export"}
+            if ev.export_feature_set else None),
         "config": config.to_dict(),
         "versions": report_versions(),
     }
-    if ev.hierarchical:
+    if hierarchical:
         metrics["hierarchical"] = {
             name: {**summarize(r.hierarchical.fold_ap, r.hierarchical.fold_status, r.hierarchical.scores,
                                data.labels, data.runs, data.attributes),
@@ -145,7 +155,7 @@ def _nanmean(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
-def _protocol(config, data: EvaluationData) -> dict:
+def _protocol(config, data: EvaluationData, hierarchical: bool) -> dict:
     ev = config.evaluate
     return {
         "folds": len(data.run_names),
@@ -159,8 +169,10 @@ def _protocol(config, data: EvaluationData) -> dict:
                 "exact Gram-matrix (Cholesky) form of the same problem."),
         "svm_c_grid": sorted(ev.svm_c_grid),
         "inner_folds": ev.inner_folds,
-        "hierarchical": ev.hierarchical,
-        "hierarchy_attribute": ev.hierarchy_attribute if ev.hierarchical else None,
+        "hierarchical": hierarchical,
+        "hierarchy_attribute": ev.hierarchy_attribute if hierarchical else None,
+        "hierarchical_skipped": (f"'{ev.hierarchy_attribute}' is neither a label column nor a grouping of this data set"
+                                 if ev.hierarchical and not hierarchical else None),
     }
 
 
@@ -279,4 +291,8 @@ def _print_summary(console: Console, metrics: dict, report: Path) -> None:
             console.print(f"held-out mAP on the same {comparison['num_images']} images: attribute model "
                           f"{fmt(comparison['attributes_model_mAP'])}, ResNet {fmt(comparison['resnet_mAP'])} → "
                           f"'predict' uses the {'attribute model' if comparison['better'] == 'attributes' else 'ResNet'}")
+        elif comparison is None:
+            console.print("no held-out comparison with the ResNet (no test split): 'predict' keeps the ResNet")
+    elif metrics.get("export") and "skipped" in metrics["export"]:
+        console.print(f"attribute model not exported ({metrics['export']['skipped']}); 'predict' keeps its default")
     console.print(f"report: {report / 'report.html'}")
