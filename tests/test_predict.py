@@ -386,3 +386,31 @@ def test_html_caps_thumbnails_and_rows_to_stay_under_its_size(tmp_path, tagging_
     assert info["bytes"] < 60_000 and info["rows"] < 300
     _, data = _page_data(tmp_path / "c.html")
     assert data["rows"][0][0] == 0 and data["total"] == 300
+
+
+def test_files_patterns_and_folders_as_users_type_them(tmp_path, tagging_model, monkeypatch):
+    import tifffile
+
+    from xrayscatter.readers import list_input_files
+
+    run = tmp_path / "run42"
+    run.mkdir()
+    counts = np.random.default_rng(0).poisson(20, (40, 40)).astype(np.int32)
+    for name in ("a.tif", "b.tif", "c.tif"):
+        tifffile.imwrite(run / name, counts)
+    single = tmp_path / "sample_0001.tif"
+    tifffile.imwrite(single, counts)
+    monkeypatch.chdir(tmp_path)
+
+    # an unexpanded pattern, a file, and a folder that repeats a file: each file once, in the order given
+    files = list_input_files(["run42/b*.tif", "sample_0001.tif", "run42"])
+    assert [str(p) for p in files] == ["run42/b.tif", "sample_0001.tif", "run42/a.tif", "run42/c.tif"]
+    with pytest.raises(XrayscatterError, match="nothing_\\*.h5: no file matches"):
+        list_input_files(["nothing_*.h5"])
+    with pytest.raises(XrayscatterError, match="missing.tif: no such file or folder"):
+        list_input_files(["missing.tif"])
+
+    output = tmp_path / "tags.jsonl"
+    assert predict_directory(["run42/*.tif", "sample_0001.tif"], model=tagging_model, output=output, quiet=True) == []
+    assert [json.loads(line)["file"].split("/")[-1] for line in output.read_text().splitlines()] == [
+        "a.tif", "b.tif", "c.tif", "sample_0001.tif"]

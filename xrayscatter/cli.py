@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -150,7 +150,9 @@ H5PathOption = typer.Option(
 
 @app.command("predict")
 def predict_command(
-    directory: Path = typer.Argument(..., help="Folder of detector files (TIFF, EDF, CBF, PNG, NPY, HDF5/NeXus)."),
+    inputs: List[str] = typer.Argument(
+        ..., metavar="PATH...", help="Folders, files or patterns of detector files (TIFF, EDF, CBF, PNG, NPY, "
+                                     "HDF5/NeXus), e.g. 'run42/' or run42/*.h5 sample_0001.tif."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel folder (default: newest under saved_models/)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write CSV (.csv) or JSON Lines (.jsonl), one row per frame."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also read subfolders."),
@@ -160,11 +162,11 @@ def predict_command(
     html: Optional[Path] = typer.Option(
         None, "--html", help="Also write a self-contained contact sheet: a thumbnail per frame with its tags."),
 ):
-    """Tag every frame of every detector file in DIRECTORY. Exit code 0: all read; 1: some files or frames failed;
-    2: nothing done."""
+    """Tag every frame of every detector file given (folders are listed). Exit code 0: all read; 1: some files or
+    frames failed; 2: nothing done."""
     from xrayscatter.predict import predict_directory
 
-    failures = predict_directory(directory, model=model, output=output, recursive=recursive,
+    failures = predict_directory(inputs, model=model, output=output, recursive=recursive,
                                  glob=glob, batch_size=batch_size, h5_path=h5_path, html=html)
     raise typer.Exit(code=1 if failures else 0)
 

@@ -39,7 +39,7 @@ import numpy as np
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.files import progress_bar, write_atomically
-from xrayscatter.readers import (FrameSource, UnreadableImageError, drop_linked_data_files, list_detector_files,
+from xrayscatter.readers import (FrameSource, UnreadableImageError, drop_linked_data_files, list_input_files,
                                  open_frames, read_detector_image)
 from xrayscatter.saved_model import SAVED_MODEL_FILE, newest_version, read_metadata
 
@@ -585,7 +585,7 @@ def _default_workers() -> int:
 
 # --------------------------------------------------------------------------- the command
 def predict_directory(
-    directory: str | Path,
+    directory,
     model: str | Path | TaggingModel | None = None,
     output: str | Path | None = None,
     recursive: bool = False,
@@ -599,8 +599,9 @@ def predict_directory(
     """Tag every frame of every detector file of a folder; print a table; optionally write CSV/JSON Lines and HTML.
 
     Args:
-        directory: folder of detector files (see :func:`xrayscatter.readers.list_detector_files`); data files
-            that an Eiger master in it links to are read through the master, once.
+        directory: a folder of detector files, or a list of folders, files and patterns as typed on a command
+            line (see :func:`xrayscatter.readers.list_input_files`); data files that a listed Eiger master
+            links to are read through the master, once.
         model: SavedModel folder or model folder of versions; None → :func:`default_model` (the one
             the stored held-out scores favour; printed with the reason); or a loaded :class:`TaggingModel`.
         output: ``.csv`` or ``.jsonl`` file, one row per frame (``file``, ``frame``; failed ones have an
@@ -625,12 +626,13 @@ def predict_directory(
     output_format = _output_format(output) if output is not None else None
     if html is not None and Path(html).suffix.lower() not in (".html", ".htm"):
         raise XrayscatterError(f"{html}: the contact sheet is an .html file")
-    paths = list_detector_files(directory, recursive=recursive, glob=glob)
+    paths = list_input_files(directory, recursive=recursive, glob=glob)
     ours = {Path(p).resolve() for p in (output, html) if p is not None}
     if ours:  # a previous run's output inside the folder is not an image to tag
         paths = [p for p in paths if p.resolve() not in ours]
         if not paths:
-            raise XrayscatterError(f"{directory}: no detector images besides the output file {output or html}")
+            named = directory if isinstance(directory, (str, Path)) else " ".join(map(str, directory))
+            raise XrayscatterError(f"{named}: no detector images besides the output file {output or html}")
     paths = drop_linked_data_files(paths)
     if model is None:
         path, reason = default_model()

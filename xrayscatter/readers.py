@@ -110,6 +110,40 @@ class _Reject(Exception):
 
 
 # --------------------------------------------------------------------------- listing
+def list_input_files(inputs, recursive: bool = False, glob: str | None = None) -> list[Path]:
+    """The detector files named on a command line, as users type them: folders (listed by
+    :func:`list_detector_files` with ``recursive`` and ``glob``), files, and patterns the shell did not
+    expand (``"run42/*.h5"``, ``**`` with ``recursive``). In the order given, each file once.
+
+    Raises:
+        XrayscatterError: an input that is neither a folder, a file nor a pattern matching a file (named).
+    """
+    import glob as globbing
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(list_detector_files(path, recursive=recursive, glob=glob))
+        elif path.is_file():
+            files.append(path)
+        elif any(c in str(item) for c in "*?["):
+            matched = sorted(Path(m) for m in globbing.glob(str(item), recursive=recursive) if Path(m).is_file())
+            if not matched:
+                raise XrayscatterError(f"{item}: no file matches this pattern")
+            files.extend(matched)
+        else:
+            raise XrayscatterError(f"{item}: no such file or folder")
+    seen, unique = set(), []
+    for path in files:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique
+
+
 def list_detector_files(directory: str | Path, recursive: bool = False, glob: str | None = None) -> list[Path]:
     """The detector files of a folder, sorted by path.
 
