@@ -407,7 +407,7 @@ def test_files_patterns_and_folders_as_users_type_them(tmp_path, tagging_model, 
     assert [str(p) for p in files] == ["run42/b.tif", "sample_0001.tif", "run42/a.tif", "run42/c.tif"]
     with pytest.raises(XrayscatterError, match="nothing_\\*.h5: no file matches"):
         list_input_files(["nothing_*.h5"])
-    with pytest.raises(XrayscatterError, match="missing.tif: no such file or folder"):
+    with pytest.raises(XrayscatterError, match="missing.tif: file or folder not found"):
         list_input_files(["missing.tif"])
 
     output = tmp_path / "tags.jsonl"

@@ -626,12 +626,14 @@ def predict_directory(
     output_format = _output_format(output) if output is not None else None
     if html is not None and Path(html).suffix.lower() not in (".html", ".htm"):
         raise XrayscatterError(f"{html}: the contact sheet is an .html file")
-    paths = list_input_files(directory, recursive=recursive, glob=glob)
+    inputs = [directory] if isinstance(directory, (str, Path)) else list(directory)
+    named = " ".join(map(str, inputs))  # what the user gave, for messages and titles
+    base = Path(inputs[0]) if len(inputs) == 1 and Path(inputs[0]).is_dir() else Path(".")  # names shown relative to it
+    paths = list_input_files(inputs, recursive=recursive, glob=glob)
     ours = {Path(p).resolve() for p in (output, html) if p is not None}
     if ours:  # a previous run's output inside the folder is not an image to tag
         paths = [p for p in paths if p.resolve() not in ours]
         if not paths:
-            named = directory if isinstance(directory, (str, Path)) else " ".join(map(str, directory))
             raise XrayscatterError(f"{named}: no detector images besides the output file {output or html}")
     paths = drop_linked_data_files(paths)
     if model is None:
@@ -657,9 +659,9 @@ def predict_directory(
     if output is not None:
         write_predictions(results, tagging_model, Path(output), output_format)
     if html is not None:
-        write_html(results, tagging_model, Path(html), title=f"xrayscatter predict {directory}")
+        write_html(results, tagging_model, Path(html), title=f"xrayscatter predict {named}")
     if not quiet:
-        print_summary(results, tagging_model, Path(directory), seconds, output, html)
+        print_summary(results, tagging_model, base, seconds, output, html)
     return [(r.name, r.error) for r in results if r.error is not None]
 
 

@@ -135,7 +135,7 @@ def list_input_files(inputs, recursive: bool = False, glob: str | None = None) -
                 raise XrayscatterError(f"{item}: no file matches this pattern")
             files.extend(matched)
         else:
-            raise XrayscatterError(f"{item}: no such file or folder")
+            raise XrayscatterError(f"{item}: file or folder not found")
     seen, unique = set(), []
     for path in files:
         if path.resolve() not in seen:
