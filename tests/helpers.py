@@ -127,7 +127,8 @@ def build_resnet(settings):
     head = settings.beam_centre_weight > 0
     return build_network(settings.input_size, settings.width_multiplier, len(settings.input_channels),
                          beam_head=head, detail_size=settings.detail_size if head else 0,
-                         detail_crop=settings.detail_crop, detail_window=settings.detail_window)
+                         detail_crop=settings.detail_crop, detail_window=settings.detail_window,
+                         profile_bins=settings.profile_bins if head else 0)
 
 
 def tiny_resnet(config=None, seed: int = 0, trained_statistics: bool = False):

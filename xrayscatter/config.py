@@ -117,6 +117,9 @@ class ResNetConfig:
     detail_size: int = 256
     detail_crop: int = 64
     detail_window: float = 0.25
+    # A 1-D CNN on the detail image's radial profile about the same centre, in this many log-spaced
+    # rings (model.RadialProfile); 0 → none. Needs the beam-region branch.
+    profile_bins: int = 0
     # Training images over which batch-norm statistics are recomputed for the final weights before
     # every evaluation and the export (0 → keep the running averages of training).
     batch_norm_images: int = 512
@@ -140,6 +143,8 @@ class ResNetConfig:
                "must be 0 (no beam-region branch) or ≥ resnet.input_size")
         _check(self.detail_size == 0 or self.beam_centre_weight > 0, where, "resnet.detail_size",
                "the beam-region branch needs the beam-centre head (resnet.beam_centre_weight > 0)")
+        _check(self.profile_bins == 0 or (self.profile_bins >= 8 and self.detail_size > 0), where,
+               "resnet.profile_bins", "must be 0 (no radial profile) or ≥ 8 with a beam-region branch (resnet.detail_size > 0)")
         _check(self.detail_crop >= 8, where, "resnet.detail_crop", "must be ≥ 8")
         _check(0 < self.detail_window <= 1, where, "resnet.detail_window", "must be in (0, 1]")
         _check(self.batch_norm_images >= 0, where, "resnet.batch_norm_images", "must be ≥ 0")

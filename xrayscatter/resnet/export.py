@@ -71,6 +71,8 @@ class ResNetExport(KerasExport):
         if self.beam_head and self.settings.detail_size:
             heads += (f", beam-region branch ({self.settings.detail_window:g} of the image around the estimated beam "
                       f"centre, from {self.settings.detail_size} px, at {self.settings.detail_crop} px)")
+            if self.settings.profile_bins:
+                heads += f", radial-profile branch ({self.settings.profile_bins} log-spaced rings about that centre)"
         return {
             "architecture": f"ResNet-50 (keras.applications layout), {len(self.channels)} input channel(s), {heads}",
             "attributes": list(ATTRIBUTES),

@@ -180,6 +180,64 @@ class BeamWindow(layers.Layer):
         return {**super().get_config(), "crop": self.crop, "window": self.window}
 
 
+class RadialProfile(layers.Layer):
+    """The azimuthal mean of each channel in log-spaced rings about the beam centre: (B, bins, C).
+
+    Inputs: detail (B, D, D, C), the centre to use (B, 2) (x, y) as fractions of D, NaN where the
+    network's own estimate (B, 2) is to be used instead (as :class:`BeamWindow`). Ring k holds the pixels
+    at radius r with ``k = floor(bins · ln(max(r, 1)) / ln(1.5 D))`` (r in px of D: ring 0 is r < ~1 px,
+    the last reaches the far corner of an image whose beam is off its edge). Rings with no pixel are 0.
+
+    Why: powder rings, their ratios (FCC √(4/3), BCC √2, lamellar 2, hexagonal √3) and the halo of a
+    structure factor are radial; about the beam centre a ring is one bin, and on log radius a lattice's
+    ratios are a fixed pattern of shifts that a 1-D convolution sees anywhere. A 128-px view leaves these
+    ratios a few pixels apart; the profile is taken from the detail image.
+    """
+
+    def __init__(self, bins: int, **kwargs):
+        super().__init__(**kwargs)
+        self.bins = int(bins)
+
+    def call(self, detail, given, estimate):
+        detail = tf.cast(detail, tf.float32)
+        given = tf.cast(given, tf.float32)
+        centre = tf.where(tf.math.is_finite(given), given, tf.stop_gradient(tf.cast(estimate, tf.float32)))
+        size, channels = detail.shape[1], detail.shape[-1]
+        coords = tf.range(size, dtype=tf.float32) + 0.5
+        cx = centre[:, 0:1, None] * size
+        cy = centre[:, 1:2, None] * size
+        radius = tf.sqrt((coords[None, None, :] - cx) ** 2 + (coords[None, :, None] - cy) ** 2)  # (B, D, D)
+        ring = tf.cast(tf.math.log(tf.maximum(radius, 1.0)) / tf.math.log(1.5 * size) * self.bins, tf.int32)
+        ring = tf.clip_by_value(ring, 0, self.bins - 1)
+        batch = tf.shape(detail)[0]
+        segment = tf.reshape(ring + self.bins * tf.range(batch)[:, None, None], (-1,))
+        sums = tf.math.unsorted_segment_sum(tf.reshape(detail, (-1, channels)), segment, batch * self.bins)
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(segment, tf.float32), segment, batch * self.bins)
+        profile = tf.reshape(sums / tf.maximum(counts, 1.0)[:, None], (batch, self.bins, channels))
+        return tf.cast(profile, self.compute_dtype)
+
+    def compute_output_shape(self, detail_shape, given_shape=None, estimate_shape=None):
+        return (detail_shape[0], self.bins, detail_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins}
+
+
+def build_profile_branch(bins: int, channels: int, name: str = "profile_branch") -> keras.Model:
+    """A small 1-D CNN on the radial profile: (B, bins, C) → (B, 128) max- and average-pooled features.
+
+    Three 5-tap convolutions (32, 64, 64 filters, ReLU), the first two followed by a factor-2 max pool.
+    """
+    inputs = keras.Input((bins, channels), name="profile")
+    x = inputs
+    for i, filters in enumerate((32, 64, 64), start=1):
+        x = layers.Conv1D(filters, 5, padding="same", activation="relu", name=f"{name}_conv{i}")(x)
+        if i < 3:
+            x = layers.MaxPooling1D(2, name=f"{name}_pool{i}")(x)
+    pooled = layers.Concatenate(name=f"{name}_pool")([layers.GlobalMaxPooling1D()(x), layers.GlobalAveragePooling1D()(x)])
+    return keras.Model(inputs, pooled, name=name)
+
+
 def build_detail_branch(crop: int, channels: int, name: str = "detail_branch") -> keras.Model:
     """A small CNN on the beam window: (B, crop, crop, C) → (B, 192) average- and max-pooled features.
 
@@ -199,7 +257,7 @@ def build_detail_branch(crop: int, channels: int, name: str = "detail_branch") -
 
 def build_network(input_size: int, width_multiplier: float, channels: int, *, beam_head: bool = False,
                   detail_size: int = 0, detail_crop: int = 64, detail_window: float = 0.25,
-                  num_attributes: int = NUM_ATTRIBUTES) -> keras.Model:
+                  profile_bins: int = 0, num_attributes: int = NUM_ATTRIBUTES) -> keras.Model:
     """The tagging network: the ResNet-50 backbone, optionally with a beam-centre head and a beam-region branch.
 
     Without either it is :func:`build_classifier`. With them::
@@ -207,18 +265,23 @@ def build_network(input_size: int, width_multiplier: float, channels: int, *, be
         image (S, S, C) ─► backbone ─► pooled features ───────────────────────────┐
                               └─ conv3 map (stride 8) ─► 3×3 conv ─► 1×1 ─► soft-argmax ─► beam (x, y)
         detail (D, D, C), centre (2,) ─► BeamWindow(beam) ─► detail branch ─► features ┤
+                                     └─► RadialProfile(beam) ─► profile branch ─► features ┤
                                                                                    └─► Dense(17, sigmoid)
 
     The beam centre comes from a heatmap over the stride-8 feature map (a position is what a map
     says, and a pooled feature forgets it). The beam region — beamstop, direct beam, the strongest
     low-q scattering — is where several attributes live and where a 128-px view of a 1000-px frame
     has the fewest pixels, so the detail branch looks at a window of ``detail_window`` of the image
-    around the estimated centre, taken from the image at ``detail_size`` px.
+    around the estimated centre, taken from the image at ``detail_size`` px. With ``profile_bins`` > 0 the
+    detail image's radial profile about the same centre (:class:`RadialProfile`) feeds a 1-D CNN too.
 
     Inputs: ``image`` (B, S, S, C); with the detail branch also ``detail`` (B, D, D, C) and ``centre``
     (B, 2) (NaN → the network's own estimate). Outputs: the (B, 17) probabilities, or with the beam head
     ``{"attributes": (B, 17), "beam": (B, 2)}`` (fractions of the image side).
     """
+    if profile_bins and not detail_size:
+        raise ValueError("the radial profile is taken from the detail image: it needs the beam-region branch. "
+                         f"Received: profile_bins={profile_bins}, detail_size={detail_size}")
     if detail_size and not beam_head:
         raise ValueError("the detail branch needs the beam head (it looks around the estimated beam centre). "
                          f"Received: detail_size={detail_size}, beam_head={beam_head}")
@@ -237,8 +300,11 @@ def build_network(input_size: int, width_multiplier: float, channels: int, *, be
         detail = keras.Input((detail_size, detail_size, channels), name="detail")
         centre = keras.Input((2,), name="centre")
         window = BeamWindow(detail_crop, detail_window, name="beam_window")(detail, centre, beam)
-        features = layers.Concatenate(name="features_and_detail")(
-            [features, build_detail_branch(detail_crop, channels)(window)])
+        parts = [features, build_detail_branch(detail_crop, channels)(window)]
+        if profile_bins:
+            profile = RadialProfile(profile_bins, name="radial_profile")(detail, centre, beam)
+            parts.append(build_profile_branch(profile_bins, channels)(profile))
+        features = layers.Concatenate(name="features_and_detail")(parts)
         inputs.update(detail=detail, centre=centre)
     probabilities = layers.Dense(num_attributes, activation="sigmoid", dtype="float32", name="attributes")(features)
     return keras.Model(inputs, {"attributes": probabilities, "beam": beam}, name="resnet_attributes")

@@ -111,7 +111,8 @@ class ResNetTask(Task):
         settings = self.settings
         return build_network(settings.input_size, settings.width_multiplier, len(settings.input_channels),
                              beam_head=self.beam_head, detail_size=settings.detail_size if self.beam_head else 0,
-                             detail_crop=settings.detail_crop, detail_window=settings.detail_window)
+                             detail_crop=settings.detail_crop, detail_window=settings.detail_window,
+                             profile_bins=settings.profile_bins if self.beam_head else 0)
 
     @property
     def precision_policy(self) -> str:
