@@ -19,23 +19,3 @@ def test_bench_predict_measures_each_model_and_skips_a_missing_one(tmp_path):
         assert row["profile"] and {"function", "calls", "cumulative_s"} <= set(row["profile"][0])
     measured, skipped = result["ratios"]  # in the order the models were given
     assert measured["target"] == 0.9 and skipped["verdict"] == "skipped" and "no-model" in skipped["name"]
-
-
-def test_forward_includes_the_beam_centre_when_predict_asks_for_it():
-    import numpy as np
-
-    from xrayscatter.benchmarks.predict import forward
-
-    calls = []
-
-    class Model:
-        has_beam_centre = True
-
-        def __call__(self, batch):
-            calls.append("attributes")
-
-        def beam_centre(self, batch):
-            calls.append("beam")
-
-    forward(Model(), np.zeros((1, 4, 4), np.float32))
-    assert calls == ["attributes", "beam"]

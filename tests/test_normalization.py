@@ -116,6 +116,22 @@ def test_valid_is_zero_in_gaps_and_padding():
     assert valid[padding].max() == 0.0 and valid[12:52, 20:23].max() == 0.0 and valid[12 + 6, 7] == 1.0
 
 
+@pytest.mark.parametrize("percent", [0.0, 2.0, 50.0, 99.9, 100.0])
+def test_percentile_is_the_nearest_rank_of_the_selected_values(percent):
+    """Against NumPy's sort, with ties, rows of different counts, a row of one value and an empty row."""
+    from xrayscatter.normalization import _percentile_over
+
+    rng = np.random.default_rng(int(percent * 10))
+    values = rng.integers(0, 50, (5, 300)).astype(np.float32) / 7  # many ties
+    where = rng.random((5, 300)) < np.array([[0.9], [0.3], [0.05], [0.0], [0.0]])
+    where[3, 17] = True  # one selected value
+    got = _percentile_over(tf.constant(values), tf.constant(where), percent).numpy()
+    for row in range(5):
+        chosen = np.sort(values[row][where[row]])
+        expected = chosen[int(math.floor((len(chosen) - 1) * percent / 100))] if len(chosen) else 0.0
+        assert got[row] == expected, (row, got[row], expected)
+
+
 def test_contrast_stretches_each_image_between_its_percentiles():
     rng = np.random.default_rng(4)
     counts = np.stack([rng.gamma(1.0, 30.0, (48, 48)), rng.gamma(2.0, 20000.0, (48, 48))]).astype(np.float32)

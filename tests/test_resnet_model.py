@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
-from xrayscatter.resnet.model import (BACKBONE_NAME, BeamWindow, SoftArgmax2D, attribute_probabilities,
+from xrayscatter.resnet.model import (BACKBONE_NAME, BeamWindow, RadialProfile, SoftArgmax2D, attribute_probabilities,
                                       batch_norm_layers, build_backbone, build_classifier, build_network,
                                       feature_extractor, feature_size, first_conv_kernel, recalibrate_batch_norm,
                                       sample_window)
@@ -109,6 +109,51 @@ def test_beam_window_uses_the_given_centre_or_else_the_estimate():
     np.testing.assert_allclose(out[0], images[0, 6:10, 2:6], atol=1e-5)  # the given one's
     assert layer.compute_output_shape((None, 16, 16, 2)) == (None, 4, 4, 2)
     assert BeamWindow.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def _profile_by_hand(image: np.ndarray, centre, bins: int) -> np.ndarray:
+    """Mean of each channel of one (D, D, C) image per log-radius ring, written with NumPy masks."""
+    size = image.shape[0]
+    rows, columns = np.mgrid[0:size, 0:size] + 0.5
+    radius = np.hypot(columns - centre[0] * size, rows - centre[1] * size)
+    ring = np.clip((np.log(np.maximum(radius, 1.0)) / np.log(1.5 * size) * bins).astype(int), 0, bins - 1)
+    return np.array([[image[ring == k][:, c].mean() if (ring == k).any() else 0.0 for c in range(image.shape[-1])]
+                     for k in range(bins)])
+
+
+def test_radial_profile_is_the_ring_mean_about_the_given_centre_or_else_the_estimate():
+    images = np.random.default_rng(2).random((2, 40, 40, 3)).astype(np.float32)
+    given = np.array([[0.3, 0.6], [np.nan, np.nan]], np.float32)
+    estimate = np.array([[0.9, 0.9], [0.5, 0.25]], np.float32)
+    layer = RadialProfile(12)
+    out = keras.ops.convert_to_numpy(layer(images, given, estimate))
+    assert out.shape == (2, 12, 3)
+    np.testing.assert_allclose(out[0], _profile_by_hand(images[0], (0.3, 0.6), 12), atol=1e-5)
+    np.testing.assert_allclose(out[1], _profile_by_hand(images[1], (0.5, 0.25), 12), atol=1e-5)
+    # A ring pattern about the centre is flat along each ring: its profile is the pattern.
+    rows, columns = np.mgrid[0:40, 0:40] + 0.5
+    rings = np.cos(np.hypot(columns - 20, rows - 20))[None, :, :, None].astype(np.float32)
+    flat = keras.ops.convert_to_numpy(RadialProfile(12)(rings, np.array([[0.5, 0.5]], np.float32),
+                                                        np.zeros((1, 2), np.float32)))
+    assert flat.shape == (1, 12, 1) and np.ptp(flat) > 0.5
+    assert RadialProfile.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_network_with_the_radial_profile_reads_it_from_the_detail_image():
+    network = build_network(32, 0.125, 3, beam_head=True, detail_size=48, detail_crop=16, profile_bins=16)
+    assert network.get_layer("radial_profile").bins == 16 and network.get_layer("profile_branch")
+    rng = np.random.default_rng(0)
+    inputs = {"image": rng.random((2, 32, 32, 3), dtype=np.float32),
+              "detail": rng.random((2, 48, 48, 3), dtype=np.float32),
+              "centre": np.array([[0.5, 0.4], [np.nan, np.nan]], np.float32)}
+    first = keras.ops.convert_to_numpy(network(inputs, training=False)["attributes"])
+    # Another given centre changes the profile (and the window), so the probabilities.
+    moved = dict(inputs, centre=np.array([[0.1, 0.9], [np.nan, np.nan]], np.float32))
+    second = keras.ops.convert_to_numpy(network(moved, training=False)["attributes"])
+    assert first.shape == (2, NUM_ATTRIBUTES) and not np.allclose(first[0], second[0])
+    np.testing.assert_allclose(first[1], second[1], atol=1e-6)  # the estimate, both times
+    with pytest.raises(ValueError, match="profile"):
+        build_network(32, 0.125, 3, beam_head=True, detail_size=0, profile_bins=16)
 
 
 @pytest.mark.parametrize("detail_size", [0, 48])

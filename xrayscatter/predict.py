@@ -129,7 +129,8 @@ class TaggingModel:
         thresholds: (A,) float32; yes when score ≥ threshold (used unless the model
             outputs its own ``decisions``).
         score_name: ``"probability"`` or ``"score"`` (what the numbers are).
-        has_beam_centre: the model also estimates the beam centre (``beam_centre`` signature).
+        has_beam_centre: the model also estimates the beam centre (``beam_centre`` signature; models
+            exported since the ``tag`` signature give both from one forward pass).
     """
 
     def __init__(self, path: str | Path):
@@ -164,6 +165,7 @@ class TaggingModel:
         self.thresholds = _thresholds(metadata, self.attributes, self.path)
         self.input_size = metadata.get("input_size")
         self._beam_signature = self._loaded.signatures.get("beam_centre")
+        self._tag_signature = self._loaded.signatures.get("tag")
         self.has_beam_centre = self._beam_signature is not None
 
     def __call__(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +179,18 @@ class TaggingModel:
         else:
             decisions = (scores >= self.thresholds).astype(np.int32)
         return scores, decisions
+
+    def tag(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(B, H, W) float32 counts → scores (B, A), decisions (B, A) 0/1 and the beam centre (B, 2) px or None:
+        one forward pass where the model has the ``tag`` signature, else ``serving_default`` and ``beam_centre``."""
+        import tensorflow as tf
+
+        if self._tag_signature is None:
+            scores, decisions = self(counts)
+            return scores, decisions, self.beam_centre(counts)
+        outputs = self._tag_signature(images=tf.constant(counts, tf.float32))
+        scores = outputs["probabilities"].numpy()
+        return scores, (scores >= self.thresholds).astype(np.int32), outputs["beam_centre"].numpy()
 
     def beam_centre(self, counts: np.ndarray) -> np.ndarray | None:
         """(B, H, W) float32 counts → (B, 2) float32 estimated beam centre (x, y) px, or None without the head."""
@@ -526,12 +540,9 @@ def tag_frames(model: "TaggingModel", reads: list[FrameRead], power_of_two: bool
 
 
 def warm_up(model: "TaggingModel", shape: tuple[int, int] = (64, 64), batch_sizes=(1,)) -> None:
-    """Run every signature ``tag_frames`` uses once per batch size on zeros (the first call builds the kernels)."""
+    """Run what ``tag_frames`` calls once per batch size on zeros (the first call builds the kernels)."""
     for size in batch_sizes:
-        zeros = np.zeros((size, *shape), np.float32)
-        model(zeros)
-        if model.has_beam_centre:
-            model.beam_centre(zeros)
+        model.tag(np.zeros((size, *shape), np.float32))
 
 
 def run_batch(model: "TaggingModel", batch: list[tuple[int, np.ndarray]], results: list[ImageResult]) -> None:
@@ -539,8 +550,7 @@ def run_batch(model: "TaggingModel", batch: list[tuple[int, np.ndarray]], result
     indices = [i for i, _ in batch]
     stack = np.stack([counts for _, counts in batch])
     try:
-        scores, decisions = model(stack)
-        beams = model.beam_centre(stack) if model.has_beam_centre else None
+        scores, decisions, beams = model.tag(stack)
     except Exception as e:  # noqa: BLE001 - a failed batch is reported per frame, the others go on
         for i in indices:
             results[i].error = f"prediction failed ({type(e).__name__}: {str(e).splitlines()[0]})"

@@ -60,9 +60,7 @@ def write_tiff_folder(folder: Path, images: int, size: int, seed: int = 0) -> li
 
 def forward(model, batch: np.ndarray) -> None:
     """The model's work on one batch, as ``run_predictions`` does it (attributes, and the beam centre if any)."""
-    model(batch)
-    if model.has_beam_centre:
-        model.beam_centre(batch)
+    model.tag(batch)
 
 
 def forward_rate(model, batches: list[np.ndarray]) -> float:

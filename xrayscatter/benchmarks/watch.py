@@ -237,23 +237,19 @@ def _keys(log: list) -> list[tuple[str, int]]:
 
 
 def per_frame_costs(model, paths: list[Path]) -> dict:
-    """Seconds per frame when frames come one by one (batch 1): reading, the forward pass, the beam-centre pass."""
+    """Seconds per frame when frames come one by one (batch 1): reading, and the model's pass (attributes and,
+    with the beam-centre head, the centre: one forward pass for models with the ``tag`` signature, two before)."""
     from xrayscatter.readers import read_detector_image
 
-    read, forward, beam = [], [], []
+    read, forward = [], []
     for path in paths:
         started = time.perf_counter()
         counts = read_detector_image(path)[None]
         read.append(time.perf_counter() - started)
         started = time.perf_counter()
-        model(counts)
+        model.tag(counts)
         forward.append(time.perf_counter() - started)
-        if model.has_beam_centre:
-            started = time.perf_counter()
-            model.beam_centre(counts)
-            beam.append(time.perf_counter() - started)
-    return {"read": statistics.median(read), "forward": statistics.median(forward),
-            "beam_centre": statistics.median(beam) if beam else 0.0}
+    return {"read": statistics.median(read), "forward": statistics.median(forward)}
 
 
 def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seconds: float = 20.0, size: int = 1024,
@@ -413,11 +409,9 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
     console.print(f"{load_before} before, {load_after} after (a busy machine slows every number here)")
     if lines.errors:
         console.print(f"[red]{len(lines.errors)} frame(s) reported unreadable[/], e.g. {lines.errors[0]}")
-    single = one["read"] + one["forward"] + one["beam_centre"]
-    console.print(f"frames one by one (batch 1): read {1000 * one['read']:.0f} ms + forward pass "
-                  f"{1000 * one['forward']:.0f} ms" + (f" + beam-centre pass {1000 * one['beam_centre']:.0f} ms (the "
-                  "model's second signature runs the network again)" if one["beam_centre"] else "")
-                  + f" = {1000 * single:.0f} ms a frame, at most {1 / single:.1f} frames/s before frames queue up "
+    single = one["read"] + one["forward"]
+    console.print(f"frames one by one (batch 1): read {1000 * one['read']:.0f} ms + the model's pass "
+                  f"{1000 * one['forward']:.0f} ms = {1000 * single:.0f} ms a frame, at most {1 / single:.1f} frames/s before frames queue up "
                   f"and batches grow (batches of {batch_size}: predict's {predict_rate:.1f} frames/s)")
     if predict_rate < TARGET_RATE:
         console.print(f"predict alone tags {predict_rate:.1f} frames/s of {size}² px here (forward pass alone "

@@ -11,6 +11,8 @@ features           ``features`` float32 (batch, 2048·w), image resized to the i
 beam_centre        ``beam_centre`` float32 (batch, 2): (x, y) px of the input image, pixel
                    centres at index + 0.5 (models with the beam-centre head; meaningful
                    when the beam is on the image, see the Beam Off Image probability)
+tag                ``probabilities`` and ``beam_centre`` from one forward pass (models with
+                   the beam-centre head): what ``predict`` and ``watch`` call
 =================  =========================================================
 
 Besides the shared constants (``metadata_json``, ``normalization``) it carries ``attribute_names``
@@ -39,6 +41,8 @@ SIGNATURES = {
     "beam_centre": "images float32 (batch, height, width) raw counts → beam_centre float32 (batch, 2): (x, y) px "
                    "of the image, pixel centres at index + 0.5 (meaningful when the beam is on the image: see the "
                    "Beam Off Image probability)",
+    "tag": "images float32 (batch, height, width) raw counts → probabilities float32 (batch, 17) and beam_centre "
+           "float32 (batch, 2) from one forward pass",
 }
 
 
@@ -84,7 +88,7 @@ class ResNetExport(KerasExport):
                              "channels (xrayscatter/normalization.py)",
             "fifteen_crop": {"scales": list(fifteen_crop_scales(size)), "crop": size,
                              "crops": "centre, top-left, top-right, bottom-left, bottom-right"},
-            "signatures": {k: v for k, v in SIGNATURES.items() if self.beam_head or k != "beam_centre"},
+            "signatures": {k: v for k, v in SIGNATURES.items() if self.beam_head or k not in ("beam_centre", "tag")},
         }
 
     def constants(self, metadata: dict) -> dict:
@@ -110,15 +114,24 @@ class ResNetExport(KerasExport):
             return {"features": plain_features(backbone, images, size, channels)}
 
         def beam_centre(images):
-            fraction = classifier(inputs_from_counts(images, settings), training=False)["beam"]
-            height, width = tf.shape(images)[1], tf.shape(images)[2]
-            side = tf.maximum(height, width)
-            offset = tf.cast(tf.stack([(side - width) // 2, (side - height) // 2]), tf.float32)
-            return {"beam_centre": fraction * tf.cast(side, tf.float32) - offset}
+            outputs = classifier(inputs_from_counts(images, settings), training=False)
+            return {"beam_centre": beam_in_pixels(outputs["beam"], images)}
+
+        def tag(images):  # one forward pass for both: a second signature would run the network again
+            outputs = classifier(inputs_from_counts(images, settings), training=False)
+            return {"probabilities": outputs["attributes"], "beam_centre": beam_in_pixels(outputs["beam"], images)}
 
         out = [("serving_default", serving_default, images), ("features_15crop", features_15crop, images),
                ("features", features, images)]
-        return out + ([("beam_centre", beam_centre, images)] if self.beam_head else [])
+        return out + ([("beam_centre", beam_centre, images), ("tag", tag, images)] if self.beam_head else [])
+
+
+def beam_in_pixels(fraction: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+    """(B, 2) beam centre as fractions of the padded square's side → (x, y) px of the (B, H, W) input images."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    side = tf.maximum(height, width)
+    offset = tf.cast(tf.stack([(side - width) // 2, (side - height) // 2]), tf.float32)
+    return fraction * tf.cast(side, tf.float32) - offset
 
 
 def export_resnet(classifier: keras.Model, backbone: keras.Model, config, extra_metadata: dict | None = None,
