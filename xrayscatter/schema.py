@@ -94,10 +94,15 @@ def _floats(values) -> tf.train.Feature:
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
 
 
+# zlib level of every PNG written: level 1 encodes a 1024² 16-bit detector image ~10× faster than level 6
+# (88 vs 866 ms measured here) for files ~9 % larger; decoding is the same. The writer's time was mostly this.
+PNG_COMPRESSION = 1
+
+
 def encode_png_uint16(counts: np.ndarray) -> bytes:
     """(H, W) counts → 16-bit PNG bytes. Values are clipped to [0, 65535] first."""
     counts = np.clip(np.nan_to_num(counts, nan=0.0), 0, 65535).astype(np.uint16)
-    return tf.io.encode_png(counts[:, :, None], compression=6).numpy()
+    return tf.io.encode_png(counts[:, :, None], compression=PNG_COMPRESSION).numpy()
 
 
 def encode_resized(counts: np.ndarray, mask: np.ndarray | None, size: int) -> bytes:
@@ -112,7 +117,7 @@ def encode_resized(counts: np.ndarray, mask: np.ndarray | None, size: int) -> by
     square = tf.concat([log_square, gaps_missing, gaps_counted], axis=-1)
     resized = resize_square(square, size)[0]
     levels = tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 1.0) * tf.constant(RESIZED_SCALE)), tf.uint16)
-    return tf.io.encode_png(levels, compression=6).numpy()
+    return tf.io.encode_png(levels, compression=PNG_COMPRESSION).numpy()
 
 
 def resized_side(resized: tf.Tensor) -> tf.Tensor:
@@ -157,7 +162,8 @@ def serialize_example(counts: np.ndarray, labels, run_id: int, image_id: int, pa
     if mask is not None:
         if mask.shape != counts.shape:
             raise ValueError(f"mask must have the image's shape {counts.shape}. Received: mask.shape={mask.shape}")
-        feature["mask"] = _bytes(tf.io.encode_png(np.asarray(mask, np.uint8)[:, :, None], compression=6).numpy())
+        mask_png = tf.io.encode_png(np.asarray(mask, np.uint8)[:, :, None], compression=PNG_COMPRESSION)
+        feature["mask"] = _bytes(mask_png.numpy())
     if beam_xy is not None:
         feature["beam"] = _floats(beam_xy)
     if resized_size and resized_size < max(height, width):

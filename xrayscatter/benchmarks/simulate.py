@@ -84,7 +84,7 @@ def stage_seconds(config, image_ids: list[int]) -> dict:
     import tensorflow as tf
 
     from xrayscatter.resnet.data import stored_view_size
-    from xrayscatter.schema import encode_png_uint16, encode_resized, serialize_example
+    from xrayscatter.schema import PNG_COMPRESSION, encode_png_uint16, encode_resized, serialize_example
     from xrayscatter.simulate.generator import simulate_image_from_config
 
     side = stored_view_size(config)
@@ -97,7 +97,7 @@ def stage_seconds(config, image_ids: list[int]) -> dict:
         encode_png_uint16(image.counts)
         totals["image PNG"] += time.process_time() - start
         start = time.process_time()
-        tf.io.encode_png(np.asarray(image.valid, np.uint8)[:, :, None], compression=6).numpy()
+        tf.io.encode_png(np.asarray(image.valid, np.uint8)[:, :, None], compression=PNG_COMPRESSION).numpy()
         totals["mask PNG"] += time.process_time() - start
         if 0 < side < max(image.counts.shape):  # stored only at a side smaller than the image (0: none)
             start = time.process_time()
