@@ -41,6 +41,8 @@ DOCUMENTED = {
         "features_15crop": ("images", (-1, -1, -1), {"features": ("DT_FLOAT", (-1, RESNET_FEATURES))}),
         "features": ("images", (-1, -1, -1), {"features": ("DT_FLOAT", (-1, RESNET_FEATURES))}),
         "beam_centre": ("images", (-1, -1, -1), {"beam_centre": ("DT_FLOAT", (-1, 2))}),  # the default network's head
+        "tag": ("images", (-1, -1, -1), {"probabilities": ("DT_FLOAT", (-1, len(ATTRIBUTES))),
+                                         "beam_centre": ("DT_FLOAT", (-1, 2))}),  # both from one pass
     },
     "attributes": {
         "serving_default": ("images", (-1, -1, -1), {"scores": ("DT_FLOAT", (-1, len(ATTRIBUTES))),
