@@ -10,11 +10,13 @@ file was complete (closed). The watch's own callback logs when each frame's line
   closed): median and 95th percentile of (line written − file complete). Targets: median < 0.5 s,
   p95 < 1 s at 10 frames/s.
 * **sustained rate**: ``burst`` frames dropped into the folder at once (renamed in from a hidden
-  folder) — the watch drains the backlog at its highest rate — then ``seconds`` of writing at 0.95,
-  0.85, 0.7, 0.5 × that rate in turn until the backlog does not grow (the latency of the last quarter
-  is not above the first quarter's by more than a second): the highest rate held is the sustained
-  rate. Compared with ``predict`` (``run_predictions``, the code of ``bench predict``) on the same
-  files in the same run. Target: sustained ≥ 0.9 × predict.
+  folder) — the watch drains the backlog at its highest rate, shown for information — then ``seconds``
+  of writing at 0.95, 0.9, 0.85, 0.7, 0.5 × ``predict``'s rate (``run_predictions``, the code of
+  ``bench predict``, on the same files in the same run) in turn until the backlog does not grow (the
+  latency of the last quarter is not above the first quarter's by more than a second): the highest
+  rate held is the sustained rate. Target: sustained ≥ 0.9 × predict. (The ladder is of predict's rate,
+  which the target names; a ladder of the drained rate started low whenever the short burst's start-up
+  — the first file noticed, the first frames read — weighed on it.)
 
 Both rates and the latencies are measured after every batch size the watch uses (1, 2, 4, 8, 16) has
 run once at the frame size: the first forward pass of each builds its kernels (0.3–4 s each on a busy
@@ -51,7 +53,7 @@ TARGET_RATE = 10.0
 TARGET_SUSTAINED_RATIO = 0.9
 DISTINCT_FRAMES = 8  # the writer cycles through this many different frames (encoded once)
 ROUNDS = 2  # the drained rate and predict's are each the best of this many interleaved passes
-CHECK_FRACTIONS = (0.95, 0.85, 0.7, 0.5)  # of the drained rate, tried in turn until one is held
+CHECK_FRACTIONS = (0.95, 0.9, 0.85, 0.7, 0.5)  # of predict's rate, tried in turn until one is held
 MAKE_A_MODEL = ("no trained model under saved_models/ (and no --model): make a small one with "
                 "'xrayscatter simulate run -p pipelines/smoke.toml && xrayscatter train resnet -p pipelines/smoke.toml' "
                 "(the default model: 'make simulate train-resnet'), or pass --model")
@@ -260,7 +262,7 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
     Args:
         model: SavedModel (default: the one ``predict`` takes).
         rate: frames/s written in the latency phases.
-        seconds: length of each latency phase and of the check at 0.9 × the sustained rate.
+        seconds: length of each latency phase and of each sustained-rate check.
         size: frame side (px).
         frames_per_file: frames per Eiger-like data file.
         burst: frames dropped at once to measure the sustained rate (and tagged by ``predict`` for the reference).
@@ -359,11 +361,11 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
         # ---- the highest of these rates the watch holds for `seconds` without a growing backlog
         drained, sustained, checks = sustained, float("nan"), []
         for fraction in CHECK_FRACTIONS:
-            check_rate = fraction * drained
+            check_rate = fraction * predict_rate
             if not (math.isfinite(check_rate) and check_rate > 0):
                 break
             count = max(8, int(check_rate * seconds))
-            with console.status(f"check: {count} TIFF frames at {check_rate:.1f} frames/s ({fraction:g} × drained)"):
+            with console.status(f"check: {count} TIFF frames at {check_rate:.1f} frames/s ({fraction:g} × predict)"):
                 log = run_writer(watched, {"kind": "tiff", "frames": count, "rate": check_rate, "size": size,
                                            "prefix": f"check{len(checks)}", "seed": 1})
                 lines.wait_for(_keys(log), timeout=120 + 10 * seconds)
