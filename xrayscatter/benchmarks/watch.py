@@ -190,6 +190,12 @@ def run_writer(folder: Path, plan: dict, before_start=None) -> list:
     return log
 
 
+def _remove_tagged(log: list) -> None:
+    """Delete a writer's files once the watch has tagged them (the watch forgets deleted files)."""
+    for file in {file for file, _, _ in log}:
+        Path(file).unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- measuring
 class _Lines:
     """When each (file, frame) line was written, from the watch's callback."""
@@ -369,6 +375,7 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
                 log = run_writer(watched, {"kind": "tiff", "frames": count, "rate": check_rate, "size": size,
                                            "prefix": f"check{len(checks)}", "seed": 1})
                 lines.wait_for(_keys(log), timeout=120 + 10 * seconds)
+            _remove_tagged(log)  # 20 s at 100 frames/s of 1024² int32 is 8 GB: the checks would fill a disk
             values = _latencies(log, lines)
             quarter = max(1, len(values) // 4)
             first, last = statistics.median(values[:quarter]), statistics.median(values[-quarter:])
