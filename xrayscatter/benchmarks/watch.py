@@ -11,7 +11,7 @@ file was complete (closed). The watch's own callback logs when each frame's line
   p95 < 1 s at 10 frames/s.
 * **sustained rate**: ``burst`` frames dropped into the folder at once (renamed in from a hidden
   folder) — the watch drains the backlog at its highest rate, shown for information — then ``seconds``
-  of writing at 0.95, 0.9, 0.85, 0.7, 0.5 × ``predict``'s rate (``run_predictions``, the code of
+  of writing at 0.95, 0.9, 0.85, 0.7, 0.5, 0.35, 0.25 × ``predict``'s rate (``run_predictions``, the code of
   ``bench predict``, on the same files in the same run) in turn until the backlog does not grow (the
   latency of the last quarter is not above the first quarter's by more than a second): the highest
   rate held is the sustained rate. Target: sustained ≥ 0.9 × predict. (The ladder is of predict's rate,
@@ -53,7 +53,7 @@ TARGET_RATE = 10.0
 TARGET_SUSTAINED_RATIO = 0.9
 DISTINCT_FRAMES = 8  # the writer cycles through this many different frames (encoded once)
 ROUNDS = 2  # the drained rate and predict's are each the best of this many interleaved passes
-CHECK_FRACTIONS = (0.95, 0.9, 0.85, 0.7, 0.5)  # of predict's rate, tried in turn until one is held
+CHECK_FRACTIONS = (0.95, 0.9, 0.85, 0.7, 0.5, 0.35, 0.25)  # of predict's rate, tried in turn until one is held
 MAKE_A_MODEL = ("no trained model under saved_models/ (and no --model): make a small one with "
                 "'xrayscatter simulate run -p pipelines/smoke.toml && xrayscatter train resnet -p pipelines/smoke.toml' "
                 "(the default model: 'make simulate train-resnet'), or pass --model")
