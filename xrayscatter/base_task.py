@@ -33,6 +33,7 @@ on one resumes on the other::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import csv
 import math
@@ -53,7 +54,7 @@ def best_logged(csv_path: str | Path, key: str) -> float | None:
     return max(values) if values else None
 
 
-class Task:
+class Task(abc.ABC):
     """Base of the network tasks; subclasses set ``name`` and ``section`` and implement the builders.
 
     Args:
@@ -81,26 +82,30 @@ class Task:
     def log_dir(self) -> Path:
         return Path(self.settings.log_dir)
 
+    @abc.abstractmethod
     def steps_per_epoch(self) -> int:
         """The section's ``steps_per_epoch``, or one pass over the training examples."""
-        raise NotImplementedError
 
     @property
     def jit_compile(self) -> bool:
         return False
 
     # ------------------------------------------------------------------ builders
+    @abc.abstractmethod
     def build_model(self):
-        raise NotImplementedError
+        """The task's Keras model (built inside the strategy's scope)."""
 
+    @abc.abstractmethod
     def build_optimizer(self, model, total_steps: int):
-        raise NotImplementedError
+        """The optimizer, with its schedule over ``total_steps``."""
 
+    @abc.abstractmethod
     def build_inputs(self, input_context=None):
-        raise NotImplementedError
+        """The training dataset (``input_context``: from ``distribute_datasets_from_function``)."""
 
+    @abc.abstractmethod
     def per_example_loss(self, targets, outputs):
-        raise NotImplementedError
+        """(B,) loss of each example, from the targets and the model's outputs."""
 
     def compile_loss(self):
         """The loss ``fit`` compiles with: ``per_example_loss`` for a single output."""
@@ -125,6 +130,6 @@ class Task:
         """Called on every worker after the schedule; returns entries for the result record."""
         return {}
 
+    @abc.abstractmethod
     def export(self, model, record: dict) -> dict:
         """The chief's reports and SavedModel after a complete schedule; returns entries for the record."""
-        raise NotImplementedError
