@@ -103,9 +103,13 @@ class ResNetExport(KerasExport):
         settings = self.settings
         images = [tf.TensorSpec((None, None, None), tf.float32, name="images")]
 
+        @tf.function(input_signature=images, autograph=False)
+        def forward(images):
+            """The classifier on raw counts, traced once: the signatures below call it rather than trace it again."""
+            return classifier(inputs_from_counts(images, settings), training=False)
+
         def serving_default(images):
-            outputs = classifier(inputs_from_counts(images, settings), training=False)
-            return {"probabilities": attribute_probabilities(outputs)}
+            return {"probabilities": attribute_probabilities(forward(images))}
 
         def features_15crop(images):
             return {"features": fifteen_crop_features(backbone, images, size, channels)}
@@ -114,11 +118,10 @@ class ResNetExport(KerasExport):
             return {"features": plain_features(backbone, images, size, channels)}
 
         def beam_centre(images):
-            outputs = classifier(inputs_from_counts(images, settings), training=False)
-            return {"beam_centre": beam_in_pixels(outputs["beam"], images)}
+            return {"beam_centre": beam_in_pixels(forward(images)["beam"], images)}
 
-        def tag(images):  # one forward pass for both: a second signature would run the network again
-            outputs = classifier(inputs_from_counts(images, settings), training=False)
+        def tag(images):  # one forward pass for both: two signatures would run the network twice
+            outputs = forward(images)
             return {"probabilities": outputs["attributes"], "beam_centre": beam_in_pixels(outputs["beam"], images)}
 
         out = [("serving_default", serving_default, images), ("features_15crop", features_15crop, images),
