@@ -1,5 +1,9 @@
 """Shared fixtures. The smoke data set is simulated once per test session (seconds).
 
+``make test`` runs the files in two pytest-xdist processes (``-n 2 --dist loadgroup``): each file is
+one group (its module fixtures are made once), except the files whose tests start several TensorFlow
+processes at once, which share one group so that no two of them compete for the two cores together.
+
 Helpers that are not fixtures (redirected configurations, pipeline files, tiny exported models,
 processes killed on a condition, free ports) are in ``tests/helpers.py``.
 """
@@ -32,3 +36,16 @@ def smoke_dataset(smoke_config):
 
     simulate_dataset(smoke_config, processes=1, progress=False)
     return smoke_config
+
+
+# Files whose tests launch several TensorFlow processes together (multi-worker training, tf.data service).
+_MULTIPROCESS_FILES = {"test_distribute_loop", "test_distribute_data_service", "test_train"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, one scheduling group per test file (and one for all multi-process files)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("multiprocess" if module in _MULTIPROCESS_FILES else module))

@@ -46,6 +46,7 @@ EDF ``Center_1``/``Center_2``/``WaveLength``/``SampleDistance`` and NeXus
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import re
@@ -223,7 +224,7 @@ def read_detector_image(path: str | Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- frames
-class FrameSource:
+class FrameSource(abc.ABC):
     """One detector file opened for reading frame by frame.
 
     Reading is thread-safe (one frame at a time per file); use it as a context manager or
@@ -249,9 +250,9 @@ class FrameSource:
         self._lock = threading.Lock()
 
     @property
+    @abc.abstractmethod
     def frame_numbers(self) -> list[int]:
         """The numbers of the frames there are to read, in order."""
-        raise NotImplementedError
 
     def read(self, number: int) -> np.ndarray:
         """Frame ``number`` → (H, W) float32 counts with NaN for missing pixels.
@@ -268,8 +269,9 @@ class FrameSource:
                 raise UnreadableImageError(self.path, "unreadable (too large for memory)",
                                            number if self.stacked else None) from None
 
+    @abc.abstractmethod
     def _read(self, number: int) -> np.ndarray:
-        raise NotImplementedError
+        """Frame ``number`` as stored (raise ``_Reject`` with a reason when it cannot be read)."""
 
     def close(self) -> None:
         """Release the file (idempotent)."""

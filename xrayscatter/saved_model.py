@@ -28,6 +28,7 @@ format needs the batch dimension first).
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -137,7 +138,7 @@ def read_metadata(model_dir: str | Path, required: bool = True) -> dict:
 
 
 # --------------------------------------------------------------------------- the export base
-class SavedModelExport:
+class SavedModelExport(abc.ABC):
     """One model's export: shared metadata and constants here, its own metadata and graph in a subclass.
 
     Subclasses set ``model`` (the folder name under ``saved_models/``) and implement
@@ -159,9 +160,9 @@ class SavedModelExport:
     def default_output_dir(self) -> str:
         return getattr(self.config, self.model).output_dir
 
+    @abc.abstractmethod
     def model_metadata(self) -> dict:
         """What this model adds to the metadata (signatures, input, vocabulary ...)."""
-        raise NotImplementedError
 
     def metadata(self) -> dict:
         """Shared fields (model, format version, normalisation, provenance), the model's own, then the extras."""
@@ -177,9 +178,9 @@ class SavedModelExport:
         """Name → str, int or list of str, stored as one-element variable lists readable after loading."""
         return {"metadata_json": json.dumps(metadata, sort_keys=True), "normalization": metadata["normalization"]}
 
+    @abc.abstractmethod
     def write(self, path: Path, metadata: dict) -> None:
         """Write the SavedModel into the not yet existing folder ``path``."""
-        raise NotImplementedError
 
     def export(self) -> Path:
         """Publish the next version; returns its folder."""
@@ -204,11 +205,13 @@ class KerasExport(SavedModelExport):
     unless one is named so).
     """
 
+    @abc.abstractmethod
     def tracked(self):
-        raise NotImplementedError
+        """The Keras model whose variables the archive holds."""
 
+    @abc.abstractmethod
     def signatures(self) -> list[tuple[str, Callable, list]]:
-        raise NotImplementedError
+        """``[(name, function, input_signature)]``, the serving signatures in order."""
 
     def archive(self, metadata: dict):
         """The ExportArchive with the signatures and the constants."""
