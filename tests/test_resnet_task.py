@@ -102,6 +102,18 @@ def test_evaluation_copy_recomputes_batch_norm_over_training_images_for_the_weig
                                keras.ops.convert_to_numpy(conv1).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
     assert not np.allclose(keras.ops.convert_to_numpy(model.get_layer("resnet50").get_layer("conv1_bn").moving_mean),
                            keras.ops.convert_to_numpy(trunk.get_layer("conv1_bn").moving_mean))
+    # The next epoch's call gives the same copy the new weights and statistics for them (one traced graph reused).
+    calibrated = keras.ops.convert_to_numpy(trunk.get_layer("conv1_bn").moving_mean)
+    kernel = model.get_layer("resnet50").get_layer("conv1_conv").kernel
+    kernel.assign(kernel * 2.0)
+    again = task.evaluation_copy(model)
+    assert again is copy
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel),
+                                  keras.ops.convert_to_numpy(again.get_layer("resnet50").get_layer("conv1_conv").kernel))
+    conv1 = keras.Model(trunk.input, trunk.get_layer("conv1_conv").output)(batches[0]["image"])
+    recalibrated = keras.ops.convert_to_numpy(trunk.get_layer("conv1_bn").moving_mean)
+    np.testing.assert_allclose(recalibrated, keras.ops.convert_to_numpy(conv1).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(recalibrated, calibrated)
     # batch_norm_images = 0: the running averages of training are kept.
     task = ResNetTask(replace(config, "resnet", batch_norm_images=0))
     assert task.calibration_batches() == []

@@ -18,6 +18,8 @@ keeps the block layout (3, 4, 6, 3 bottlenecks), so the network stays a ResNet-5
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import tensorflow as tf
 from keras import layers
@@ -334,6 +336,16 @@ def batch_norm_layers(model: keras.Model) -> list:
     return found
 
 
+_TRAINING_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its traced training forward
+
+
+def _training_forward(model: keras.Model):
+    """``model(batch, training=True)`` traced once per model (and input shape), kept as long as the model is."""
+    if model not in _TRAINING_FORWARD:
+        _TRAINING_FORWARD[model] = tf.function(lambda batch: model(batch, training=True))
+    return _TRAINING_FORWARD[model]
+
+
 def recalibrate_batch_norm(model: keras.Model, batches) -> int:
     """Recompute every batch-norm layer's moving mean and variance as the average of its batch statistics
     over ``batches`` (model inputs, e.g. a few hundred training images), for the weights the model has now.
@@ -343,20 +355,33 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
     swings with them; recomputed for the final weights, they describe those weights. Call it on a
     model outside any distribution strategy (``ResNetTask.plain_copy``).
 
+    Each batch runs through one traced training-mode forward pass of ``model`` with momentum 0 (the
+    moving statistics become that batch's), and the averages are assigned at the end: the same numbers as
+    a running mean over the batches, without running a 50-layer graph eagerly. A model calibrated again
+    (validation after every epoch) reuses the trace.
+
     Returns:
         The number of batches used.
     """
     bn_layers = batch_norm_layers(model)
     momenta = [layer.momentum for layer in bn_layers]
+    sums: list | None = None
     count = 0
     try:
+        for layer in bn_layers:
+            layer.momentum = 0.0
+        forward = _training_forward(model)
         for count, batch in enumerate(batches, start=1):
-            for layer in bn_layers:
-                layer.momentum = (count - 1) / count  # the running mean over batches: 0, 1/2, 2/3 …
-            model(batch, training=True)
+            forward(batch)
+            statistics = [(tf.identity(layer.moving_mean.value), tf.identity(layer.moving_variance.value))  # values now
+                          for layer in bn_layers]
+            sums = statistics if sums is None else [(m + ms, v + vs) for (m, v), (ms, vs) in zip(statistics, sums)]
     finally:
         for layer, momentum in zip(bn_layers, momenta):
             layer.momentum = momentum
+    for layer, (mean_sum, variance_sum) in zip(bn_layers, sums or []):
+        layer.moving_mean.assign(mean_sum / count)
+        layer.moving_variance.assign(variance_sum / count)
     return count
 
 
