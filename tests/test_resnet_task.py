@@ -129,6 +129,32 @@ def test_learning_rate_warms_up_then_decays_by_cosine(smoke_config):
     assert float(schedule(100)) == pytest.approx(1e-5)  # 1 % of the peak at the end
 
 
+def test_weight_averaging_validates_and_ships_the_average_of_the_weights(smoke_dataset):
+    import keras
+
+    config = replace(smoke_dataset, "resnet", input_size=32, detail_size=32, detail_crop=16, batch_norm_images=0,
+                     weight_averaging=True, averaging_momentum=0.9)
+    task = ResNetTask(config)
+    keras.utils.set_random_seed(0)
+    model = task.build_model()
+    optimizer = task.build_optimizer(model, total_steps=10)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # three steps of made-up gradients: the average now differs from the weights
+        optimizer.apply([rng.normal(size=v.shape).astype(np.float32) for v in model.trainable_variables],
+                        model.trainable_variables)
+    weights = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    averages = [keras.ops.convert_to_numpy(v) for v in optimizer._model_variables_moving_average]
+
+    copy = task.evaluation_copy(model)  # what validation scores: the average
+
+    for average, weight, variable in zip(averages, weights, copy.trainable_variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), average)
+    assert not all(np.array_equal(a, w) for a, w in zip(averages, weights))
+    task.after_training(model, Path("unused"), {"route": "loop"})  # what is exported: the average too
+    for average, variable in zip(averages, model.trainable_variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), average)
+
+
 def test_killed_with_sigkill_resumes_reports_and_exports(smoke_dataset, tmp_path):
     config = redirect(replace(smoke_dataset, "resnet", epochs=6, steps_per_epoch=2), tmp_path)
     pipeline = write_pipeline(config, tmp_path / "pipeline.toml")

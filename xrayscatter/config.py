@@ -123,8 +123,10 @@ class ResNetConfig:
     # Training images over which batch-norm statistics are recomputed for the final weights before
     # every evaluation and the export (0 → keep the running averages of training).
     batch_norm_images: int = 512
-    # Keep an exponential moving average of the weights (Keras use_ema) and export it.
+    # Keep an exponential moving average of the weights (Keras use_ema) and validate and export it;
+    # averaging_momentum 0.999 averages over the last ~1,000 steps.
     weight_averaging: bool = False
+    averaging_momentum: float = 0.999
     # Decision thresholds: the lowest probability ≥ threshold_floor at which the validation
     # precision reaches threshold_precision (else the best-F1 one above the floor).
     threshold_precision: float = 0.8
@@ -150,6 +152,7 @@ class ResNetConfig:
         _check(self.batch_norm_images >= 0, where, "resnet.batch_norm_images", "must be ≥ 0")
         _check(0 < self.threshold_precision <= 1, where, "resnet.threshold_precision", "must be in (0, 1]")
         _check(0 <= self.threshold_floor < 1, where, "resnet.threshold_floor", "must be in [0, 1)")
+        _check(0 < self.averaging_momentum < 1, where, "resnet.averaging_momentum", "must be in (0, 1)")
         _check(0 < self.width_multiplier <= 4, where, "resnet.width_multiplier", "must be in (0, 4]")
         _check(self.batch_size >= 1, where, "resnet.batch_size", "must be ≥ 1")
         _check(self.epochs >= 1, where, "resnet.epochs", "must be ≥ 1")

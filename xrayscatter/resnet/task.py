@@ -93,6 +93,7 @@ class ResNetTask(Task):
         super().__init__(config)
         self.train_paths = shard_paths(config, "train")  # a missing data set fails here, by name
         self._evaluation_model: keras.Model | None = None  # built by the first evaluation_copy
+        self._averaging_optimizer = None  # the optimizer keeping the weights' moving average (weight_averaging)
 
     def steps_per_epoch(self) -> int:
         # Walk every shard's record frames now: a truncated file fails here, by name, not hours later.
@@ -140,7 +141,8 @@ class ResNetTask(Task):
     def build_optimizer(self, model: keras.Model, total_steps: int):
         optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(self.config, total_steps),
                                            weight_decay=self.settings.weight_decay,
-                                           use_ema=self.settings.weight_averaging, ema_momentum=0.99)
+                                           use_ema=self.settings.weight_averaging,
+                                           ema_momentum=self.settings.averaging_momentum)
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
         self._averaging_optimizer = optimizer if self.settings.weight_averaging else None
         if self.precision_policy == "mixed_float16":  # bfloat16 has float32's range: no loss scaling
@@ -181,7 +183,7 @@ class ResNetTask(Task):
     # ------------------------------------------------------------------ after training
     def after_training(self, model, run_dir: Path, record: dict) -> dict:
         """The weights to ship are the final ones (their moving average with ``resnet.weight_averaging``)."""
-        if getattr(self, "_averaging_optimizer", None) is not None:  # both routes: the average replaces the weights
+        if self._averaging_optimizer is not None:  # both routes: the average replaces the weights
             self._averaging_optimizer.finalize_variable_values(model.trainable_variables)
         logged = record["route"] == "fit"
         return {"best_val_mAP": best_logged(run_dir / TRAINING_LOG, "val_mAP") if logged else None,
@@ -216,6 +218,12 @@ class ResNetTask(Task):
             self._evaluation_model, _ = self.plain_copy(model)
         else:
             self._evaluation_model.set_weights(model.get_weights())
+        # resnet.weight_averaging: validate what will be exported, the average (Keras keeps it aligned with
+        # the trainable variables, which the copy has in the same order).
+        averages = getattr(self._averaging_optimizer, "_model_variables_moving_average", None)
+        for variable, average in zip(self._evaluation_model.trainable_variables, averages or []):
+            if average is not None:
+                variable.assign(average)
         recalibrate_batch_norm(self._evaluation_model, self.calibration_batches())
         return self._evaluation_model
 
