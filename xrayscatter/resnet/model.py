@@ -342,7 +342,8 @@ _TRAINING_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mo
 def _training_forward(model: keras.Model):
     """``model(batch, training=True)`` traced once per model (and input shape), kept as long as the model is."""
     if model not in _TRAINING_FORWARD:
-        _TRAINING_FORWARD[model] = tf.function(lambda batch: model(batch, training=True))
+        held = weakref.ref(model)  # the function must not keep its own key (the model) alive
+        _TRAINING_FORWARD[model] = tf.function(lambda batch: held()(batch, training=True))
     return _TRAINING_FORWARD[model]
 
 
