@@ -14,8 +14,8 @@ from xrayscatter.config import replace
 from xrayscatter.dataset import read_manifest, shard_paths, split_size
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.normalization import model_input, to_model_input
-from xrayscatter.resnet.data import (augment, beam_in_square, inputs_from_counts, make_dataset, make_label_dataset,
-                                     shard_records)
+from xrayscatter.resnet.data import (BEAM_OFF, augment, beam_in_square, inputs_from_counts, labels_of_crop,
+                                     make_dataset, make_label_dataset, shard_records)
 from xrayscatter.schema import parse_example_numpy, serialize_example
 
 FLOAT16 = 2e-3  # the cache of the beam-region configuration holds float16 images (values in [0, 1])
@@ -146,9 +146,9 @@ def test_training_shows_gaps_missing_or_as_zero_counts(smoke_dataset):
     assert set(both) <= padding | with_gaps and set(both) & padding and set(both) & with_gaps
 
 
-def _spot_records(path, count: int = 24, side: int = 32, seed: int = 0) -> None:
+def _spot_records(path, count: int = 24, side: int = 32, seed: int = 0, beam_off_index: int = 0) -> None:
     """A shard of dark frames with a bright 2 × 2 spot centred on the beam; every third beam is off the frame
-    (label 0 says which)."""
+    (label ``beam_off_index`` says which)."""
     rng = np.random.default_rng(seed)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for i in range(count):
@@ -159,7 +159,8 @@ def _spot_records(path, count: int = 24, side: int = 32, seed: int = 0) -> None:
                 x = -6.0
             else:
                 counts[int(y) - 1:int(y) + 1, int(x) - 1:int(x) + 1] = 60000.0
-            labels = [int(off)] + [0] * 16
+            labels = [0] * 17
+            labels[beam_off_index] = int(off)
             writer.write(serialize_example(counts, labels, i, i, {}, mask=np.ones((side, side), bool), beam_xy=(x, y)))
 
 
@@ -187,6 +188,45 @@ def test_training_moves_the_beam_target_with_the_image_and_gives_no_centre_off_t
                 assert np.abs(beam * 32 - (np.array(bright) + 0.5)).max() <= 1.5
                 seen["spot in crop"] += 1
     assert seen["off"] > 10 and seen["on"] > 40 and seen["spot in crop"] > 30
+
+
+def test_a_crop_that_cuts_the_beam_centre_off_is_labelled_beam_off():
+    labels = tf.constant(np.eye(17, dtype=np.float32)[2] + np.eye(17, dtype=np.float32)[12])  # beamstop, ring
+    off = np.eye(17, dtype=np.float32)[BEAM_OFF]
+    for crop_beam, expected in (([0.5, 0.5], labels.numpy()), ([0.0, 1.0], labels.numpy()),
+                                ([-0.01, 0.5], labels.numpy() + off), ([0.3, 1.2], labels.numpy() + off),
+                                ([np.nan, np.nan], labels.numpy())):
+        np.testing.assert_array_equal(labels_of_crop(labels, tf.constant(crop_beam, tf.float32)).numpy(), expected)
+    already_off = tf.constant(off)
+    np.testing.assert_array_equal(labels_of_crop(already_off, tf.constant([2.0, 0.5])).numpy(), off)
+
+
+def _beam_labels_seen(config, path) -> list[tuple[bool, bool, np.ndarray, np.ndarray | None]]:
+    """(beam off the network's image?, labelled beam off?, image beam target, detail's given centre) per example."""
+    seen = []
+    for inputs, targets in make_dataset(config, "train", training=True, paths=[str(path)]).take(12):
+        centres = inputs["centre"].numpy() if "centre" in inputs else [None] * len(targets["beam"])
+        for labels, beam, centre in zip(targets["attributes"].numpy(), targets["beam"].numpy(), centres):
+            seen.append((bool(_off_image(beam[None])[0]), bool(labels[BEAM_OFF]), beam, centre))
+    return seen
+
+
+def test_training_labels_what_the_network_sees_with_and_without_crops(smoke_config, tmp_path):
+    path = tmp_path / "spots.tfrecord"
+    _spot_records(path, beam_off_index=BEAM_OFF)
+    base = replace(smoke_config, "resnet", input_size=32, detail_crop=16, input_channels=("log",), batch_size=8,
+                   shuffle_buffer=8)
+    # The image alone, cropped: "Beam Off Image" says whether the crop holds the beam centre.
+    seen = _beam_labels_seen(replace(base, "resnet", detail_size=0), path)
+    assert all(off == labelled for off, labelled, _, _ in seen)
+    assert 0 < sum(off for off, *_ in seen) < len(seen)
+    # With the beam-region branch and augment_crop = false: one field for both views (the image's beam target
+    # is the detail's), the whole image's label, and a centre given exactly where the beam is on the image.
+    seen = _beam_labels_seen(replace(base, "resnet", detail_size=32, augment_crop=False), path)
+    assert all(off == labelled for off, labelled, _, _ in seen)
+    assert 0 < sum(off for off, *_ in seen) < len(seen)
+    for off, _, beam, centre in seen:
+        assert np.isnan(centre).all() if off else np.abs(centre - beam).max() < 0.03 * 6
 
 
 def test_workers_read_disjoint_shards_that_cover_the_split(smoke_dataset):

@@ -38,6 +38,14 @@ def train_load_size(input_size: int) -> int:
     return int(round(input_size * TRAIN_RESIZE_FACTOR))
 
 
+def augment_load_size(settings) -> int:
+    """Side (px) at which training makes the image it augments, for a ``[resnet]`` section: the crop's
+    load size with ``augment`` and ``augment_crop``, else the input size."""
+    if settings.augment and settings.augment_crop:
+        return train_load_size(settings.input_size)
+    return settings.input_size
+
+
 def stored_view_size(config) -> int:
     """Side (px) at which training makes its input channels, when it makes them all at one side: the image's
     load size (the augmentation's, else the input size), which with the beam-region branch the detail size
@@ -46,7 +54,7 @@ def stored_view_size(config) -> int:
     from the full square of counts, because a square stored at one side would reach the other only through a
     second resize (blurrier than the one resize that serving and evaluation make)."""
     settings = config.resnet
-    load_size = train_load_size(settings.input_size) if settings.augment else settings.input_size
+    load_size = augment_load_size(settings)
     if settings.beam_centre_weight > 0 and settings.detail_size and settings.detail_size != load_size:
         return 0
     return load_size
@@ -95,6 +103,10 @@ class ResNetConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     augment: bool = True
+    # Augmentation's random translation: crop input_size px out of the image resized to 256/224 × that
+    # (then flips and quarter turns). false → flips and quarter turns of the whole image only, the field
+    # and scale evaluation sees; with the beam-region branch the image then shows the detail's field.
+    augment_crop: bool = True
     mixed_precision: bool = False  # mixed_float16 on GPUs, mixed_bfloat16 on CPUs with native bfloat16 (else float32)
     xla: bool = False
     cache: bool = False  # cache decoded images in memory (small data sets)

@@ -83,10 +83,10 @@ def pipeline_rate(dataset: tf.data.Dataset, seconds: float, warmup: int = 2) -> 
 def _first_batch(config, paths: list[str]):
     """The first batch's inputs of the evaluation pipeline (fixed order, gaps shown missing, no crops) at the
     sides training decodes at: the image at the augmentation's load size, not cropped to the input size."""
-    from xrayscatter.resnet.data import make_dataset, train_load_size
+    from xrayscatter.resnet.data import augment_load_size, make_dataset
 
     settings = config.resnet
-    load_size = train_load_size(settings.input_size) if settings.augment else settings.input_size
+    load_size = augment_load_size(settings)
     config = dataclasses.replace(config, resnet=dataclasses.replace(settings, input_size=load_size, augment=False))
     inputs, _ = next(iter(make_dataset(config, "train", training=False, cache=False, paths=paths)))
     return inputs
@@ -107,7 +107,7 @@ def bench_input(config, work_dir: str | Path = DEFAULT_WORK_DIR, images: int = 3
     from rich.console import Console
 
     from xrayscatter.dataset import dataset_dir
-    from xrayscatter.resnet.data import make_dataset, stored_view_size, train_load_size
+    from xrayscatter.resnet.data import augment_load_size, make_dataset, stored_view_size
 
     console = Console()
     started = print_conditions(console, "input")
@@ -148,7 +148,7 @@ def bench_input(config, work_dir: str | Path = DEFAULT_WORK_DIR, images: int = 3
         console.print(f"stored side {side} px; max |stored resized − full image| over the first batch's inputs "
                       f"(evaluation pipeline at training's sides, no crops): {difference:.1e}")
     else:
-        load_size = train_load_size(settings.input_size) if settings.augment else settings.input_size
+        load_size = augment_load_size(settings)
         console.print(f"no resized image stored: training makes its image at {load_size} px "
                       f"and the detail at {settings.detail_size} px (config.stored_view_size), each from the full "
                       f"image, so both layouts are the same records")

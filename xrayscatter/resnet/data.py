@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from xrayscatter.config import stored_view_size, train_load_size  # noqa: F401 (stored_view_size: part of this module's API)
+from xrayscatter.attributes import ATTRIBUTE_INDEX
+from xrayscatter.config import augment_load_size, stored_view_size, train_load_size  # noqa: F401 (part of this module's API)
 from xrayscatter.dataset import count_records, read_records, shard_paths
 from xrayscatter.distribute.strategy import share_of_files
 from xrayscatter.normalization import channels_from_square, model_input, square_log_and_valid
 from xrayscatter.schema import FEATURE_SPEC, decode_image_and_mask, decode_resized, parse_example, resized_side
 
 CENTRE_JITTER = 0.03  # σ of the noise on the true beam centre given to the detail branch (image sides)
+BEAM_OFF = ATTRIBUTE_INDEX["Beam Off Image"]
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -88,6 +90,21 @@ def augment(image: tf.Tensor, beam: tf.Tensor, size: int, detail: tf.Tensor | No
         return crop, crop_beam
     detail, detail_beam = _symmetry(detail, beam, flip, turns)
     return crop, crop_beam, detail, detail_beam
+
+
+def labels_of_crop(labels: tf.Tensor, crop_beam: tf.Tensor) -> tf.Tensor:
+    """(17,) labels of an image → those of a crop whose beam centre is ``crop_beam`` (fractions of its side),
+    for a network that sees only the crop.
+
+    "Beam Off Image" is decided on the whole image; a crop that cuts the beam centre off shows the beam off
+    *its* image, and is labelled so (on the default data, 13 % of the training crops of beam-on images lose
+    the beam centre). With the beam-region branch the network also sees the whole image (the detail), whose
+    label stands: there ``resnet.augment_crop = false`` keeps the two views one field, as at evaluation.
+    A NaN centre (records without one) leaves the labels as they are.
+    """
+    off_crop = tf.reduce_any((crop_beam < 0.0) | (crop_beam > 1.0))
+    is_beam_off = tf.range(tf.shape(labels)[0]) == BEAM_OFF
+    return tf.where(is_beam_off & off_crop, tf.ones_like(labels), labels)
 
 
 def inputs_from_counts(counts: tf.Tensor, settings):
@@ -145,7 +162,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     cache = settings.cache if cache is None else cache
     augmentation = training and (settings.augment if augmentation is None else augmentation)
     size = settings.input_size
-    load_size = train_load_size(size) if augmentation else size
+    load_size = augment_load_size(settings) if augmentation else size
     batch_size = (input_context.get_per_replica_batch_size(settings.batch_size)
                   if input_context is not None else settings.batch_size)
 
@@ -194,6 +211,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
             image = source
             if augmentation:
                 image, beam = augment(image, beam, size)
+                labels = labels_of_crop(labels, beam)
             return ({"image": image} if beam_head else image), (
                 {"attributes": labels, "beam": beam} if beam_head else labels)
         image, detail = (tf.cast(x, tf.float32) for x in source)
