@@ -164,24 +164,32 @@ def _spot_records(path, count: int = 24, side: int = 32, seed: int = 0, beam_off
             writer.write(serialize_example(counts, labels, i, i, {}, mask=np.ones((side, side), bool), beam_xy=(x, y)))
 
 
-def test_training_moves_the_beam_target_with_the_image_and_gives_no_centre_off_the_image(smoke_config, tmp_path):
+@pytest.mark.parametrize("refine", [False, True])
+def test_training_moves_the_beam_target_with_the_image_and_gives_no_centre_off_the_image(smoke_config, tmp_path,
+                                                                                        refine):
+    # With beam_refine the backbone's target (beam_coarse) is in the crop's frame and the refined one (beam) in
+    # the detail's, which the translation crop does not move.
     config = replace(smoke_config, "resnet", input_size=32, detail_size=32, detail_crop=16, input_channels=("log",),
-                     batch_size=8, shuffle_buffer=8)
+                     batch_size=8, shuffle_buffer=8, augment_crop=True, beam_refine=refine)
     path = tmp_path / "spots.tfrecord"
     _spot_records(path)
     seen = {"on": 0, "off": 0, "spot in crop": 0}
     for inputs, targets in make_dataset(config, "train", training=True, paths=[str(path)]).take(12):
-        for image, detail, centre, off, beam in zip(inputs["image"].numpy(), inputs["detail"].numpy(),
-                                                    inputs["centre"].numpy(), targets["attributes"].numpy()[:, 0],
-                                                    targets["beam"].numpy()):
+        assert set(targets) == ({"attributes", "beam", "beam_coarse"} if refine else {"attributes", "beam"})
+        coarse = targets["beam_coarse" if refine else "beam"].numpy()
+        for image, detail, centre, off, beam, fine in zip(inputs["image"].numpy(), inputs["detail"].numpy(),
+                                                          inputs["centre"].numpy(), targets["attributes"].numpy()[:, 0],
+                                                          coarse, targets["beam"].numpy()):
             if off:  # the branch looks where the network's own estimate says; no beam error to learn from
-                assert np.isnan(centre).all() and _off_image(beam[None])[0]
+                assert np.isnan(centre).all() and _off_image(beam[None])[0] and _off_image(fine[None])[0]
                 seen["off"] += 1
                 continue
             seen["on"] += 1
             # The centre given to the branch: the true one in the detail's frame (jittered by σ = 0.03).
             spot = np.argwhere(detail[..., 0] > 0.8).mean(axis=0)[::-1] + 0.5  # (x, y) px
             assert np.abs(centre * 32 - spot).max() < 0.03 * 5 * 32
+            if refine:  # the refined target: the spot in the detail, exactly
+                assert np.abs(fine * 32 - spot).max() <= 1.0
             # The beam target: the spot's place in the crop, wherever the crop, flip and turn put it.
             if not _off_image(beam[None])[0] and (image[..., 0] > 0.5).any():
                 bright = np.unravel_index(np.argmax(image[..., 0]), image.shape[:2])[::-1]

@@ -244,3 +244,39 @@ def test_one_xla_compiled_training_step_of_the_full_network():
     losses = network.train_on_batch(inputs, targets)
     assert np.isfinite(np.asarray(losses)).all()
     assert not np.allclose(before, keras.ops.convert_to_numpy(network.get_layer("beam_map_logits").kernel))
+
+
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")  # by design: the refined centre trains the fine head only
+def test_the_refined_beam_centre_lies_in_the_window_and_only_the_fine_head_learns_from_it():
+    from xrayscatter.resnet.task import beam_centre_error, summed_binary_crossentropy
+
+    window = 0.25
+    network = build_network(32, 0.125, 3, beam_head=True, detail_size=64, detail_crop=32, detail_window=window,
+                            profile_bins=8, beam_refine=True)
+    rng = np.random.default_rng(5)
+    given = np.array([[0.3, 0.6], [np.nan, np.nan], [0.8, 0.2], [np.nan, np.nan]], np.float32)
+    inputs = {"image": rng.random((4, 32, 32, 3), dtype=np.float32), "detail": rng.random((4, 64, 64, 3), dtype=np.float32),
+              "centre": given}
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in network(inputs, training=False).items()}
+    assert set(out) == {"attributes", "beam", "beam_coarse"}
+    # The window sits at the given centre, or at the coarse estimate where none is given; the refined centre is
+    # a soft-argmax over the window's 8 × 8 cells: inside it, by at most half a window less half a cell.
+    placed = np.where(np.isfinite(given), given, out["beam_coarse"])
+    limit = window / 2 - window / 16
+    assert np.all(np.abs(out["beam"] - placed) <= limit + 1e-6)
+    # The refined centre reads the detail; the coarse one does not.
+    other = network(dict(inputs, detail=inputs["detail"][::-1].copy()), training=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(other["beam_coarse"]), out["beam_coarse"], atol=1e-6)
+    assert not np.allclose(keras.ops.convert_to_numpy(other["beam"])[[0, 2]], out["beam"][[0, 2]])
+    # Trained on the refined centre alone, the fine head moves and the coarse head does not: no gradient reaches
+    # the window's placement.
+    network.compile(optimizer=keras.optimizers.SGD(0.1), loss={"beam": beam_centre_error})
+    targets = {"beam": np.clip(placed + 0.05, 0, 1).astype(np.float32)}
+    fine_before = keras.ops.convert_to_numpy(network.get_layer("detail_branch").get_layer("detail_branch_beam_logits").kernel)
+    coarse_before = keras.ops.convert_to_numpy(network.get_layer("beam_map_logits").kernel)
+    network.train_on_batch(inputs, targets)
+    assert not np.allclose(fine_before, keras.ops.convert_to_numpy(
+        network.get_layer("detail_branch").get_layer("detail_branch_beam_logits").kernel))
+    np.testing.assert_array_equal(coarse_before, keras.ops.convert_to_numpy(network.get_layer("beam_map_logits").kernel))
+    with pytest.raises(ValueError, match="beam-region branch"):
+        build_network(32, 0.125, 3, beam_head=True, detail_size=0, beam_refine=True)

@@ -45,30 +45,34 @@ def test_beam_centre_error_counts_only_beams_on_the_image():
 
 def _network_batch(seed: int = 0, batch: int = 6):
     rng = np.random.default_rng(seed)
+    beams = np.concatenate([rng.random((batch - 2, 2)), [[np.nan, np.nan], [1.5, 0.5]]]).astype(np.float32)
     targets = {"attributes": (rng.random((batch, NUM_ATTRIBUTES)) < 0.3).astype(np.float32),
-               "beam": np.concatenate([rng.random((batch - 2, 2)), [[np.nan, np.nan], [1.5, 0.5]]]).astype(np.float32)}
+               "beam": beams, "beam_coarse": beams}
     outputs = {"attributes": rng.uniform(0.05, 0.95, (batch, NUM_ATTRIBUTES)).astype(np.float32),
-               "beam": rng.random((batch, 2)).astype(np.float32)}
+               "beam": rng.random((batch, 2)).astype(np.float32), "beam_coarse": rng.random((batch, 2)).astype(np.float32)}
     return targets, outputs
 
 
-def test_per_example_loss_is_the_attribute_loss_plus_the_weighted_beam_error(smoke_dataset):
+@pytest.mark.parametrize("refine", [False, True])
+def test_per_example_loss_is_the_attribute_loss_plus_the_weighted_beam_error(smoke_dataset, refine):
     targets, outputs = _network_batch()
     for weight in (5.0, 0.5):
-        task = ResNetTask(replace(smoke_dataset, "resnet", beam_centre_weight=weight))
-        assert task.beam_head
+        task = ResNetTask(replace(smoke_dataset, "resnet", beam_centre_weight=weight, beam_refine=refine))
+        assert task.beam_head and task.beam_refine == refine
+        heads = ("beam", "beam_coarse") if refine else ("beam",)
         expected = (np.asarray(summed_binary_crossentropy(targets["attributes"], outputs["attributes"]))
-                    + weight * np.asarray(beam_centre_error(targets["beam"], outputs["beam"])))
+                    + weight * sum(np.asarray(beam_centre_error(targets[k], outputs[k])) for k in heads))
         np.testing.assert_allclose(np.asarray(task.per_example_loss(targets, outputs)), expected, rtol=1e-6)
         bce = -(targets["attributes"] * np.log(outputs["attributes"])
                 + (1 - targets["attributes"]) * np.log(1 - outputs["attributes"])).sum(axis=1)
         on = slice(0, 4)  # the last two beams are unknown and off the image: no beam term
-        np.testing.assert_allclose(expected[on] - bce[on], weight * np.abs(targets["beam"] - outputs["beam"])[on].sum(1),
+        np.testing.assert_allclose(expected[on] - bce[on],
+                                   weight * sum(np.abs(targets[k] - outputs[k])[on].sum(1) for k in heads),
                                    rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(expected[4:], bce[4:], rtol=1e-5)
         # What fit compiles: one loss per output, whose batch means add up to the mean per-example loss.
         losses = task.compile_loss()
-        assert set(losses) == {"attributes", "beam"} and set(task.build_metrics()) == {"attributes"}
+        assert set(losses) == {"attributes", *heads} and set(task.build_metrics()) == {"attributes"}
         total = sum(np.mean(np.asarray(losses[k](targets[k], outputs[k]))) for k in losses)
         assert total == pytest.approx(float(np.mean(expected)), rel=1e-6)
 

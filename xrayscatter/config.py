@@ -132,6 +132,11 @@ class ResNetConfig:
     # A 1-D CNN on the detail image's radial profile about the same centre, in this many log-spaced
     # rings (model.RadialProfile); 0 → none. Needs the beam-region branch.
     profile_bins: int = 0
+    # A second, finer beam-centre heatmap over the beam window (the detail branch's stride-4 map): the
+    # window is placed at the coarse estimate, the fine head says where in it the beam is, and the radial
+    # profile is taken about that refined centre, which the ``beam`` output then gives (the coarse one is
+    # ``beam_coarse``). Needs the beam-region branch.
+    beam_refine: bool = False
     # Training images over which batch-norm statistics are recomputed for the final weights before
     # every evaluation and the export (0 → keep the running averages of training).
     batch_norm_images: int = 512
@@ -159,6 +164,8 @@ class ResNetConfig:
                "the beam-region branch needs the beam-centre head (resnet.beam_centre_weight > 0)")
         _check(self.profile_bins == 0 or (self.profile_bins >= 8 and self.detail_size > 0), where,
                "resnet.profile_bins", "must be 0 (no radial profile) or ≥ 8 with a beam-region branch (resnet.detail_size > 0)")
+        _check(not self.beam_refine or self.detail_size > 0, where, "resnet.beam_refine",
+               "refines the beam centre within the beam window: it needs the beam-region branch (resnet.detail_size > 0)")
         _check(self.detail_crop >= 8, where, "resnet.detail_crop", "must be ≥ 8")
         _check(0 < self.detail_window <= 1, where, "resnet.detail_window", "must be in (0, 1]")
         _check(self.batch_norm_images >= 0, where, "resnet.batch_norm_images", "must be ≥ 0")

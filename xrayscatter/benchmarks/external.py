@@ -1744,6 +1744,8 @@ def _markdown(summary: dict) -> str:
                  f"| **{_fmt(summary['map'])}** |")
     lines += ["", f"Target (mean ROC AUC ≥ 0.90, every attribute ≥ 0.80): "
                   f"{'met' if summary['target_met'] else 'not met'} (lowest ROC AUC {_fmt(summary['min_auc'])})."]
+    if summary.get("beam_centre"):
+        lines += ["", beam_centre_line(summary["beam_centre"]).capitalize() + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -1798,9 +1800,11 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
         raise XrayscatterError(f"{failed[0].path}: {failed[0].error}")
     scores = {r.path.name: dict(zip(tagging_model.attributes, map(float, r.scores))) for r in results}
     rows = score_attributes(truth, scores)
+    beams = {r.path.name: r.beam_xy for r in results if r.beam_xy is not None}
     summary = {"model": str(tagging_model.path), "folder": str(folder), "files": len(truth),
                "definition": wanted, "generation_seconds": generation_seconds, "seconds": seconds,
-               **summarise(rows), "attributes": rows}
+               **summarise(rows), "attributes": rows,
+               "beam_centre": beam_centre_errors(truth, beams) if beams else None}
     (folder / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     (folder / "results.md").write_text(_markdown(summary))
 
@@ -1815,9 +1819,44 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
                       _fmt(r["auc"]), _fmt(r["ap"]), f"{_fmt(r['mean_score_with'])}/{_fmt(r['mean_score_without'])}")
     table.add_row("mean", "", _fmt(summary["mean_base_rate"]), _fmt(summary["mean_auc"]), _fmt(summary["map"]), "")
     console.print(table)
+    if summary["beam_centre"]:
+        console.print(beam_centre_line(summary["beam_centre"]))
     console.print(f"target (mean ROC AUC ≥ 0.90, none below 0.80): {'met' if summary['target_met'] else 'not met'}; "
                   f"results in {folder / 'results.md'}")
     return summary
+
+
+def beam_centre_errors(truth: list[dict], estimates: dict[str, np.ndarray]) -> dict | None:
+    """How far the model's beam centres lie from the files' true ones, over the files whose beam is on the image.
+
+    Args:
+        truth: the set's rows (``beam_centre_px`` (row, column), as ``Geometry.centre``, and ``shape`` (rows,
+            columns) of each file).
+        estimates: file name → (2,) estimated (x, y) px of that file.
+
+    Returns:
+        ``{"files", "median_px", "p90_px", "median_percent", "within_1_percent"}``: distances in px of each file and
+        as a percentage of its long side (files are 487–2463 px), and the fraction of files within 1 % of it; None
+        when no file with its beam on the image has an estimate.
+    """
+    distances, relative = [], []
+    for row in truth:
+        (y, x), (rows, columns) = row["beam_centre_px"], row["shape"]
+        estimate = estimates.get(row["file"])
+        if estimate is None or not (0 <= x <= columns and 0 <= y <= rows):
+            continue
+        distances.append(float(np.hypot(estimate[0] - x, estimate[1] - y)))
+        relative.append(100.0 * distances[-1] / max(rows, columns))
+    if not distances:
+        return None
+    return {"files": len(distances), "median_px": float(np.median(distances)), "p90_px": float(np.percentile(distances, 90)),
+            "median_percent": float(np.median(relative)), "within_1_percent": float(np.mean(np.asarray(relative) <= 1.0))}
+
+
+def beam_centre_line(errors: dict) -> str:
+    return (f"beam centre, {errors['files']} files with the beam on the image: median error {errors['median_px']:.1f} px "
+            f"({errors['median_percent']:.2f} % of the long side), 90th percentile {errors['p90_px']:.0f} px, "
+            f"{100 * errors['within_1_percent']:.0f} % within 1 % of the side")
 
 
 def contact_sheet(folder: str | Path, path: str | Path, count: int = 24, columns: int = 6) -> Path:

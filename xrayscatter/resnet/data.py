@@ -21,7 +21,9 @@ at its own scale), and ``"centre"`` (b, 2), the beam centre the branch
 looks around (training: the true one, jittered; NaN where the beam is off the image and at
 evaluation: the network's own estimate) — and targets ``{"attributes": labels, "beam": (b, 2)}``,
 the beam centre (x, y) as a fraction of the image's side, moved with the image by every crop,
-flip and rotation (NaN for records without one).
+flip and rotation (NaN for records without one); with ``resnet.beam_refine`` also ``"beam_coarse"``,
+the same centre for the backbone's estimate (``"beam"`` is then in the detail's frame, which a
+translation crop does not move).
 """
 
 from __future__ import annotations
@@ -205,6 +207,13 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
         beam = beam_in_square(record["beam"], tf.cast(record["height"], tf.int32), tf.cast(record["width"], tf.int32))
         return (tuple(made) if detail_size else made[0]), record["labels"], beam
 
+    def beam_targets(labels, image_beam, detail_beam):
+        """The targets with the beam-centre head: the backbone's estimate is in the image's frame; with
+        ``beam_refine`` the refined one (``beam``) is in the detail's, and the backbone's is ``beam_coarse``."""
+        if not settings.beam_refine:
+            return {"attributes": labels, "beam": image_beam}
+        return {"attributes": labels, "beam": detail_beam, "beam_coarse": image_beam}
+
     def example(source, labels, beam):
         """(network inputs, targets) from the decoded image (and detail): crops, flips and turns when augmenting."""
         if not detail_size:
@@ -223,9 +232,9 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
             jittered = detail_beam + tf.random.normal((2,), stddev=CENTRE_JITTER)
             inputs = {"image": image, "detail": detail,
                       "centre": tf.where(on_image, jittered, tf.fill((2,), float("nan")))}
-            return inputs, {"attributes": labels, "beam": image_beam}
+            return inputs, beam_targets(labels, image_beam, detail_beam)
         inputs = {k: v[0] for k, v in network_inputs(image[None], detail[None]).items()}
-        return inputs, {"attributes": labels, "beam": beam}
+        return inputs, beam_targets(labels, beam, beam)
 
     dataset = shard_records(paths, training, input_context)
     if not training and input_context is None:
@@ -263,3 +272,18 @@ def make_label_dataset(config, split: str, paths: list[str] | None = None) -> tf
     return records.map(lambda r: tf.cast(tf.io.parse_single_example(r, spec)["labels"], tf.float32),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+
+
+def make_beam_dataset(config, split: str, paths: list[str] | None = None) -> tf.data.Dataset:
+    """(2,) float32 true beam centres of a split as fractions of each image's padded square (NaN where the
+    record has none), in the order of ``make_dataset(config, split, training=False)``; no image decoding."""
+    paths = shard_paths(config, split) if paths is None else list(paths)
+    spec = {k: FEATURE_SPEC[k] for k in ("beam", "height", "width")}
+    records = shard_records(paths, training=False, input_context=None)
+    records = records.apply(tf.data.experimental.assert_cardinality(sum(count_records(p) for p in paths)))
+
+    def beam(serialized):
+        record = tf.io.parse_single_example(serialized, spec)
+        return beam_in_square(record["beam"], tf.cast(record["height"], tf.int32), tf.cast(record["width"], tf.int32))
+
+    return records.map(beam, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -240,26 +240,66 @@ def build_profile_branch(bins: int, channels: int, name: str = "profile_branch")
     return keras.Model(inputs, pooled, name=name)
 
 
-def build_detail_branch(crop: int, channels: int, name: str = "detail_branch") -> keras.Model:
+FINE_MAP_STAGE = 3  # the detail branch's convolution whose map (stride 4) the fine beam heatmap reads
+
+
+def build_detail_branch(crop: int, channels: int, name: str = "detail_branch", refine: bool = False) -> keras.Model:
     """A small CNN on the beam window: (B, crop, crop, C) → (B, 192) average- and max-pooled features.
 
     Five 3 × 3 convolutions (16, 32, 48, 64, 96 filters, the last four with stride 2), each with batch
     normalisation and ReLU: cheap beside the backbone (a 64-px window costs ~3 % of a width-0.25
     ResNet-50 at 128 px), and at full detail where the backbone's input is coarse.
+
+    With ``refine`` the branch also gives (B, crop/4, crop/4, 1) float32 logits of a fine beam-centre
+    heatmap over the window, read from its third convolution's map (stride 4, receptive field ~27 px of
+    the window) through a 3 × 3 and a 1 × 1 convolution: outputs ``[features, logits]``.
     """
     inputs = keras.Input((crop, crop, channels), name="window")
     x = inputs
+    fine_map = None
     for i, (filters, stride) in enumerate(((16, 1), (32, 2), (48, 2), (64, 2), (96, 2)), start=1):
         x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+        if i == FINE_MAP_STAGE:
+            fine_map = x
     pooled = layers.Concatenate(name=f"{name}_pool")([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
-    return keras.Model(inputs, pooled, name=name)
+    if not refine:
+        return keras.Model(inputs, pooled, name=name)
+    heat = layers.Conv2D(32, 3, padding="same", activation="relu", name=f"{name}_beam_conv")(fine_map)
+    heat = layers.Conv2D(1, 1, dtype="float32", name=f"{name}_beam_logits")(heat)
+    return keras.Model(inputs, [pooled, heat], name=name)
+
+
+class RefinedCentre(layers.Layer):
+    """The beam centre refined within the beam window: (given, estimate, position in the window) → (B, 2).
+
+    Inputs: the centre given (B, 2) (NaN → the coarse ``estimate`` (B, 2) is used, as :class:`BeamWindow`
+    does), and the fine heatmap's soft-argmax (B, 2) as fractions of the window. Output: the window's
+    centre + (position − ½) × ``window``, (x, y) as fractions of the image side. No gradient reaches the
+    window's centre: the fine head learns where the beam is in what it sees, the coarse head on its own.
+    """
+
+    def __init__(self, window: float, **kwargs):
+        super().__init__(**kwargs)
+        self.window = float(window)
+
+    def call(self, given, estimate, position):
+        given = tf.cast(given, tf.float32)
+        centre = tf.where(tf.math.is_finite(given), given, tf.cast(estimate, tf.float32))
+        return tf.stop_gradient(centre) + (tf.cast(position, tf.float32) - 0.5) * self.window
+
+    def compute_output_shape(self, given_shape, estimate_shape=None, position_shape=None):
+        return (given_shape[0], 2)
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window}
 
 
 def build_network(input_size: int, width_multiplier: float, channels: int, *, beam_head: bool = False,
                   detail_size: int = 0, detail_crop: int = 64, detail_window: float = 0.25,
-                  profile_bins: int = 0, num_attributes: int = NUM_ATTRIBUTES) -> keras.Model:
+                  profile_bins: int = 0, beam_refine: bool = False,
+                  num_attributes: int = NUM_ATTRIBUTES) -> keras.Model:
     """The tagging network: the ResNet-50 backbone, optionally with a beam-centre head and a beam-region branch.
 
     Without either it is :func:`build_classifier`. With them::
@@ -280,10 +320,17 @@ def build_network(input_size: int, width_multiplier: float, channels: int, *, be
     Inputs: ``image`` (B, S, S, C); with the detail branch also ``detail`` (B, D, D, C) and ``centre``
     (B, 2) (NaN → the network's own estimate). Outputs: the (B, 17) probabilities, or with the beam head
     ``{"attributes": (B, 17), "beam": (B, 2)}`` (fractions of the image side).
+
+    With ``beam_refine`` the detail branch also reads a fine heatmap over the beam window
+    (:class:`RefinedCentre`): ``beam`` is then the refined centre, about which the radial profile is
+    taken, and ``beam_coarse`` (B, 2) the backbone's estimate that placed the window.
     """
     if profile_bins and not detail_size:
         raise ValueError("the radial profile is taken from the detail image: it needs the beam-region branch. "
                          f"Received: profile_bins={profile_bins}, detail_size={detail_size}")
+    if beam_refine and not detail_size:
+        raise ValueError("the beam centre is refined within the beam window: it needs the beam-region branch. "
+                         f"Received: beam_refine={beam_refine}, detail_size={detail_size}")
     if detail_size and not beam_head:
         raise ValueError("the detail branch needs the beam head (it looks around the estimated beam centre). "
                          f"Received: detail_size={detail_size}, beam_head={beam_head}")
@@ -296,20 +343,31 @@ def build_network(input_size: int, width_multiplier: float, channels: int, *, be
     features, beam_map = trunk(image)
     heat = layers.Conv2D(32, 3, padding="same", activation="relu", name="beam_map_conv")(beam_map)
     heat = layers.Conv2D(1, 1, dtype="float32", name="beam_map_logits")(heat)
-    beam = SoftArgmax2D(dtype="float32", name="beam")(heat)
+    beam = SoftArgmax2D(dtype="float32", name="beam_coarse" if beam_refine else "beam")(heat)
     inputs = {"image": image}
+    outputs = {}
     if detail_size:
         detail = keras.Input((detail_size, detail_size, channels), name="detail")
         centre = keras.Input((2,), name="centre")
         window = BeamWindow(detail_crop, detail_window, name="beam_window")(detail, centre, beam)
-        parts = [features, build_detail_branch(detail_crop, channels)(window)]
+        branch = build_detail_branch(detail_crop, channels, refine=beam_refine)
+        if beam_refine:
+            detail_features, fine_logits = branch(window)
+            position = SoftArgmax2D(dtype="float32", name="beam_in_window")(fine_logits)
+            outputs["beam_coarse"] = beam
+            beam = RefinedCentre(detail_window, dtype="float32", name="beam")(centre, beam, position)
+            profile_centre = (beam, beam)  # the profile about the refined centre, in training as at inference
+        else:
+            detail_features = branch(window)
+            profile_centre = (centre, beam)
+        parts = [features, detail_features]
         if profile_bins:
-            profile = RadialProfile(profile_bins, name="radial_profile")(detail, centre, beam)
+            profile = RadialProfile(profile_bins, name="radial_profile")(detail, *profile_centre)
             parts.append(build_profile_branch(profile_bins, channels)(profile))
         features = layers.Concatenate(name="features_and_detail")(parts)
         inputs.update(detail=detail, centre=centre)
     probabilities = layers.Dense(num_attributes, activation="sigmoid", dtype="float32", name="attributes")(features)
-    return keras.Model(inputs, {"attributes": probabilities, "beam": beam}, name="resnet_attributes")
+    return keras.Model(inputs, {"attributes": probabilities, "beam": beam, **outputs}, name="resnet_attributes")
 
 
 def feature_extractor(network: keras.Model) -> keras.Model:

@@ -17,7 +17,7 @@ from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.dataset import naming_bad_shards, shard_paths
 from xrayscatter.files import write_atomically
 from xrayscatter.metrics import HOLDOUT_AP_RULE, mean_average_precision
-from xrayscatter.resnet.data import make_dataset, make_label_dataset
+from xrayscatter.resnet.data import make_beam_dataset, make_dataset, make_label_dataset
 from xrayscatter.resnet.model import attribute_probabilities
 
 PAPER_HOLDOUT_MAP = 77.1  # Wang et al., WACV 2017, Table 3: ResNet-50 on the synthetic hold-out
@@ -25,12 +25,42 @@ PAPER_HOLDOUT_MAP = 77.1  # Wang et al., WACV 2017, Table 3: ResNet-50 on the sy
 
 def predict_split(model: keras.Model, config, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(N, A) probabilities and (N, A) labels of a whole split, in the same order."""
+    outputs, labels = predict_split_outputs(model, config, split)
+    return np.asarray(attribute_probabilities(outputs), np.float32), labels
+
+
+def predict_split_outputs(model: keras.Model, config, split: str) -> tuple[dict | np.ndarray, np.ndarray]:
+    """The model's outputs on a whole split (its dict of (N, ·) arrays, or the (N, A) probabilities) and the
+    (N, A) labels, in the same order."""
     paths = shard_paths(config, split)
     images = make_dataset(config, split, training=False, paths=paths).map(lambda x, y: x)
     with naming_bad_shards(paths):
-        probabilities = attribute_probabilities(model.predict(images, verbose=0))
+        outputs = model.predict(images, verbose=0)
         labels = np.stack([y.numpy() for y in make_label_dataset(config, split, paths=paths)])
-    return np.asarray(probabilities, np.float32), labels
+    return outputs, labels
+
+
+def beam_centre_errors(outputs: dict, config, split: str) -> dict:
+    """How far the beam-centre estimates of a split lie from the truth, for images whose beam is on the image.
+
+    Args:
+        outputs: the network's outputs on the split (``predict_split_outputs``): ``beam`` (N, 2) and, with
+            ``resnet.beam_refine``, ``beam_coarse`` (N, 2), (x, y) as fractions of the padded square's side.
+
+    Returns:
+        ``{"images", "side_px", "<output>": {"median_px", "p90_px", "within_2px"}}``: distances in px of the
+        stored image (``simulate.image_size``); ``within_2px`` is the fraction of images within 2 px.
+    """
+    truth = np.stack([b.numpy() for b in make_beam_dataset(config, split)])
+    on_image = np.all(np.isfinite(truth) & (truth >= 0) & (truth <= 1), axis=1)
+    side = int(config.simulate.image_size)
+    result = {"images": int(on_image.sum()), "side_px": side}
+    for name in ("beam", "beam_coarse"):
+        if name in outputs and on_image.any():
+            distance = np.hypot(*(np.asarray(outputs[name])[on_image] - truth[on_image]).T) * side
+            result[name] = {"median_px": float(np.median(distance)), "p90_px": float(np.percentile(distance, 90)),
+                            "within_2px": float(np.mean(distance <= 2.0))}
+    return result
 
 
 def percent(value: float | None) -> str:
@@ -38,7 +68,7 @@ def percent(value: float | None) -> str:
 
 
 def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict,
-                         decisions: dict | None = None) -> tuple[Path, Path]:
+                         decisions: dict | None = None, beam_centre: dict | None = None) -> tuple[Path, Path]:
     """Per-attribute AP and mAP on the test split → ``<report_dir>/<pipeline>/resnet_holdout.{json,md}``.
 
     Args:
@@ -64,6 +94,7 @@ def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict
                               **((decisions or {}).get(name, {}))}
                        for a, name in enumerate(ATTRIBUTES)},
         "paper_mAP": PAPER_HOLDOUT_MAP,
+        **({"beam_centre": beam_centre} if beam_centre else {}),
         "config": config.to_dict(),
         **extra,
     }
@@ -95,5 +126,13 @@ def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict
         lines += ["| attribute | positives | AP (%) |", "|---|---|---|"]
         lines += [f"| {name} | {positives[a]} | {percent(float(ap[a]) if present[a] else None)} |"
                   for a, name in enumerate(ATTRIBUTES)]
+    if beam_centre and "beam" in beam_centre:
+        lines += ["", f"Beam centre, {beam_centre['images']} test images whose beam is on the image (px of the "
+                  f"{beam_centre['side_px']}-px image):", "",
+                  "| estimate | median error | 90th percentile | within 2 px (%) |", "|---|---|---|---|"]
+        for name, label in (("beam", "the network's (`beam_centre` signature)"), ("beam_coarse", "coarse (backbone)")):
+            if name in beam_centre:
+                e = beam_centre[name]
+                lines.append(f"| {label} | {e['median_px']:.1f} | {e['p90_px']:.1f} | {percent(e['within_2px'])} |")
     md_path = write_atomically(folder / "resnet_holdout.md", "\n".join(lines) + "\n")
     return json_path, md_path

@@ -6,7 +6,8 @@
                ``resnet.beam_centre_weight`` > 0); with ``resnet.mixed_precision``, mixed_float16 on
                GPUs and mixed_bfloat16 on CPUs with native bfloat16 (``ResNetTask.precision_policy``)
     loss       Σ over the 17 attributes of binary cross-entropy, per image, + beam_centre_weight ×
-               the beam centre's mean absolute error (in image sides; records without one add 0)
+               the beam centre's mean absolute error (in image sides; records without one add 0), for the
+               coarse and the refined estimate alike with ``resnet.beam_refine``
     optimizer  AdamW, linear warm-up over 5 % of the steps then cosine decay to 1 % of the peak,
                decoupled weight decay ``resnet.weight_decay`` (biases and batch-norm parameters
                excluded), an exponential moving average of the weights when ``resnet.weight_averaging``;
@@ -37,8 +38,9 @@ from xrayscatter.metrics import average_precisions, mean_average_precision, prec
 from xrayscatter.resnet.callbacks import TensorBoardFigures, ValidationMetrics
 from xrayscatter.resnet.data import make_dataset
 from xrayscatter.resnet.export import export_resnet
-from xrayscatter.resnet.model import build_network, feature_extractor, recalibrate_batch_norm
-from xrayscatter.resnet.report import percent, predict_split, write_holdout_report
+from xrayscatter.resnet.model import attribute_probabilities, build_network, feature_extractor, recalibrate_batch_norm
+from xrayscatter.resnet.report import (beam_centre_errors, percent, predict_split, predict_split_outputs,
+                                       write_holdout_report)
 
 CALIBRATION_BATCH = 64
 
@@ -83,6 +85,13 @@ def learning_rate_schedule(config, total_steps: int) -> keras.optimizers.schedul
         warmup_target=peak, warmup_steps=warmup)
 
 
+def centre_summary(beam_centre: dict | None) -> str:
+    """", beam centre median 1.2 px" (of the stored image) for the console line, or ""."""
+    if not beam_centre or "beam" not in beam_centre:
+        return ""
+    return f", beam centre median {beam_centre['beam']['median_px']:.1f} px of {beam_centre['side_px']}"
+
+
 class ResNetTask(Task):
     """The multi-label ResNet-50 on the simulated TFRecords (``[resnet]`` of the pipeline)."""
 
@@ -108,13 +117,18 @@ class ResNetTask(Task):
     def beam_head(self) -> bool:
         return self.settings.beam_centre_weight > 0
 
+    @property
+    def beam_refine(self) -> bool:
+        return self.beam_head and bool(self.settings.detail_size) and self.settings.beam_refine
+
     # ------------------------------------------------------------------ builders
     def _classifier(self) -> keras.Model:
         settings = self.settings
         return build_network(settings.input_size, settings.width_multiplier, len(settings.input_channels),
                              beam_head=self.beam_head, detail_size=settings.detail_size if self.beam_head else 0,
                              detail_crop=settings.detail_crop, detail_window=settings.detail_window,
-                             profile_bins=settings.profile_bins if self.beam_head else 0)
+                             profile_bins=settings.profile_bins if self.beam_head else 0,
+                             beam_refine=self.beam_refine)
 
     @property
     def precision_policy(self) -> str:
@@ -158,13 +172,17 @@ class ResNetTask(Task):
     def per_example_loss(self, targets, outputs):
         if not self.beam_head:
             return summed_binary_crossentropy(targets, outputs)
-        return (summed_binary_crossentropy(targets["attributes"], outputs["attributes"])
+        loss = (summed_binary_crossentropy(targets["attributes"], outputs["attributes"])
                 + self._beam_loss(targets["beam"], outputs["beam"]))
+        if self.beam_refine:
+            loss += self._beam_loss(targets["beam_coarse"], outputs["beam_coarse"])
+        return loss
 
     def compile_loss(self):
         if not self.beam_head:
             return self.per_example_loss
-        return {"attributes": summed_binary_crossentropy, "beam": self._beam_loss}
+        losses = {"attributes": summed_binary_crossentropy, "beam": self._beam_loss}
+        return {**losses, "beam_coarse": self._beam_loss} if self.beam_refine else losses
 
     def build_metrics(self):
         # Streaming area under the PR curve per attribute, averaged: the training-set mAP estimate.
@@ -236,7 +254,9 @@ class ResNetTask(Task):
         classifier = self.evaluation_copy(model)
         backbone = feature_extractor(classifier)
         val_probabilities, val_labels = predict_split(classifier, self.config, "val")
-        test_probabilities, test_labels = predict_split(classifier, self.config, "test")
+        test_outputs, test_labels = predict_split_outputs(classifier, self.config, "test")
+        test_probabilities = np.asarray(attribute_probabilities(test_outputs), np.float32)
+        beam_centre = beam_centre_errors(test_outputs, self.config, "test") if self.beam_head else None
         ap = average_precisions(test_labels, test_probabilities)
         present = np.isfinite(ap)
         holdout_map = mean_average_precision(ap)
@@ -247,7 +267,8 @@ class ResNetTask(Task):
                             "precision": None if np.isnan(test_precision[a]) else float(test_precision[a]),
                             "recall": None if np.isnan(test_recall[a]) else float(test_recall[a])}
                      for a, name in enumerate(ATTRIBUTES)}
-        json_path, md_path = write_holdout_report(self.config, ap, test_labels, {"training": record}, decisions)
+        json_path, md_path = write_holdout_report(self.config, ap, test_labels, {"training": record}, decisions,
+                                                  beam_centre)
         saved = export_resnet(classifier, backbone, self.config, {
             "thresholds": dict(zip(ATTRIBUTES, (float(t) for t in thresholds))),
             "thresholds_rule": thresholds_rule(precision, floor),
@@ -258,7 +279,7 @@ class ResNetTask(Task):
         })
         Console(stderr=True).print(
             f"hold-out mAP {percent(holdout_map)} % ({int(present.sum())} attributes, {len(test_labels)} test "
-            f"images) → {md_path}; SavedModel {saved}")
+            f"images){centre_summary(beam_centre)} → {md_path}; SavedModel {saved}")
         return {"holdout_mAP": holdout_map,
                 "holdout_ap": {name: (float(ap[a]) if present[a] else None) for a, name in enumerate(ATTRIBUTES)},
                 "saved_model": str(saved), "report_json": str(json_path), "report_md": str(md_path)}
