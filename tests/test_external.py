@@ -319,3 +319,24 @@ def test_bench_external_tags_the_set_and_writes_results(external_set, tmp_path_f
     results = json.loads((folder / "results.json").read_text())
     assert results["mean_auc"] == pytest.approx(summary["mean_auc"]) and results["map"] == pytest.approx(summary["map"])
     assert "| attribute | positives |" in (folder / "results.md").read_text()
+    # The model has the beam-centre head: how far its centres lie from the files' is part of the summary.
+    centre = summary["beam_centre"]
+    on_image = sum(0 <= r["beam_centre_px"][0] <= r["shape"][0] and 0 <= r["beam_centre_px"][1] <= r["shape"][1]
+                   for r in truth)
+    assert centre["files"] == on_image > 0 and 0 <= centre["median_px"] <= centre["p90_px"]
+    assert results["beam_centre"] == pytest.approx(centre) and "Beam centre" in (folder / "results.md").read_text()
+
+
+def test_beam_centre_errors_read_the_truth_as_row_and_column():
+    from xrayscatter.benchmarks.external import beam_centre_errors
+
+    truth = [{"file": "a.tif", "beam_centre_px": [100.0, 300.0], "shape": [1000, 500]},   # row 100, column 300
+             {"file": "b.tif", "beam_centre_px": [50.0, 40.0], "shape": [200, 200]},
+             {"file": "off.tif", "beam_centre_px": [-80.0, 40.0], "shape": [200, 200]},   # beam off the image: left out
+             {"file": "none.tif", "beam_centre_px": [10.0, 10.0], "shape": [200, 200]}]   # no estimate: left out
+    estimates = {"a.tif": np.array([303.0, 104.0]), "b.tif": np.array([40.0, 50.0]), "off.tif": np.array([0.0, 0.0])}
+    errors = beam_centre_errors(truth, estimates)  # estimates are (x, y): 5 px and 0 px off
+    assert errors["files"] == 2
+    assert errors["median_px"] == pytest.approx(2.5) and errors["median_percent"] == pytest.approx((0.5 + 0.0) / 2)
+    assert errors["within_1_percent"] == 1.0
+    assert beam_centre_errors(truth[2:3], estimates) is None
