@@ -20,6 +20,7 @@ from xrayscatter.config import replace
 from xrayscatter.dataset import shard_paths
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.predict import TaggingModel, predict_directory
+from xrayscatter.resnet.data import make_beam_dataset
 from xrayscatter.resnet.task import ResNetTask, beam_centre_error, learning_rate_schedule, summed_binary_crossentropy
 from xrayscatter.train import train
 
@@ -203,6 +204,13 @@ def test_killed_with_sigkill_resumes_reports_and_exports(smoke_dataset, tmp_path
     assert report["training"]["initial_step"] == backed_up and "both positives and negatives" in report["ap_rule"]
     assert all(v["ap"] is None or 0 < v["positives"] < report["num_images"] for v in report["attributes"].values())
     assert "| ResNet, this run |" in Path(result["report_md"]).read_text()
+    # How far the beam-centre estimates lie from the records' centres, over the test images whose beam is on them.
+    beams = np.stack([b.numpy() for b in make_beam_dataset(config, "test")])
+    on_image = np.all((beams >= 0) & (beams <= 1), axis=1)
+    centre = report["beam_centre"]
+    assert centre["images"] == on_image.sum() > 0 and centre["side_px"] == config.simulate.image_size
+    assert 0 <= centre["beam"]["median_px"] <= centre["beam"]["p90_px"] and "beam_coarse" not in centre
+    assert "| the network's (`beam_centre` signature) |" in Path(result["report_md"]).read_text()
     saved = Path(result["saved_model"])
     assert saved == tmp_path / "saved_models" / "resnet" / "1"
     metadata = json.loads((saved / "assets.extra" / "metadata.json").read_text())

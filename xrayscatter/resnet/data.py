@@ -260,30 +260,24 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def make_label_dataset(config, split: str, paths: list[str] | None = None) -> tf.data.Dataset:
-    """(17,) float32 labels of a split, in the order of ``make_dataset(config, split, training=False)``.
-
-    Parses only the labels (no image decoding), so it is cheap.
-    """
+def _record_fields(config, split: str, paths: list[str] | None, names: tuple[str, ...], read) -> tf.data.Dataset:
+    """``read(parsed fields)`` of every record of a split, in the order of ``make_dataset(config, split,
+    training=False)``, parsing only the fields ``names`` (no image decoding), so it is cheap."""
     paths = shard_paths(config, split) if paths is None else list(paths)
-    spec = {"labels": FEATURE_SPEC["labels"]}
+    spec = {name: FEATURE_SPEC[name] for name in names}
     records = shard_records(paths, training=False, input_context=None)
     records = records.apply(tf.data.experimental.assert_cardinality(sum(count_records(p) for p in paths)))
-    return records.map(lambda r: tf.cast(tf.io.parse_single_example(r, spec)["labels"], tf.float32),
+    return records.map(lambda r: read(tf.io.parse_single_example(r, spec)),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+
+def make_label_dataset(config, split: str, paths: list[str] | None = None) -> tf.data.Dataset:
+    """(17,) float32 labels of a split, in the order of ``make_dataset(config, split, training=False)``."""
+    return _record_fields(config, split, paths, ("labels",), lambda record: tf.cast(record["labels"], tf.float32))
 
 
 def make_beam_dataset(config, split: str, paths: list[str] | None = None) -> tf.data.Dataset:
     """(2,) float32 true beam centres of a split as fractions of each image's padded square (NaN where the
-    record has none), in the order of ``make_dataset(config, split, training=False)``; no image decoding."""
-    paths = shard_paths(config, split) if paths is None else list(paths)
-    spec = {k: FEATURE_SPEC[k] for k in ("beam", "height", "width")}
-    records = shard_records(paths, training=False, input_context=None)
-    records = records.apply(tf.data.experimental.assert_cardinality(sum(count_records(p) for p in paths)))
-
-    def beam(serialized):
-        record = tf.io.parse_single_example(serialized, spec)
-        return beam_in_square(record["beam"], tf.cast(record["height"], tf.int32), tf.cast(record["width"], tf.int32))
-
-    return records.map(beam, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    record has none), in the order of ``make_dataset(config, split, training=False)``."""
+    return _record_fields(config, split, paths, ("beam", "height", "width"), lambda record: beam_in_square(
+        record["beam"], tf.cast(record["height"], tf.int32), tf.cast(record["width"], tf.int32)))
