@@ -38,10 +38,10 @@ def train_load_size(input_size: int) -> int:
     return int(round(input_size * TRAIN_RESIZE_FACTOR))
 
 
-def augment_load_size(settings) -> int:
+def augment_load_size(settings, augment: bool | None = None) -> int:
     """Side (px) at which training makes the image it augments, for a ``[resnet]`` section: the crop's
-    load size with ``augment`` and ``augment_crop``, else the input size."""
-    if settings.augment and settings.augment_crop:
+    load size with ``augment`` (the section's, unless given) and ``augment_crop``, else the input size."""
+    if (settings.augment if augment is None else augment) and settings.augment_crop:
         return train_load_size(settings.input_size)
     return settings.input_size
 

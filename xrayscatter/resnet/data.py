@@ -164,7 +164,7 @@ def make_dataset(config, split: str, training: bool, input_context: tf.distribut
     cache = settings.cache if cache is None else cache
     augmentation = training and (settings.augment if augmentation is None else augmentation)
     size = settings.input_size
-    load_size = train_load_size(size) if augmentation and settings.augment_crop else size  # augment_load_size's rule
+    load_size = augment_load_size(settings, augment=augmentation)
     batch_size = (input_context.get_per_replica_batch_size(settings.batch_size)
                   if input_context is not None else settings.batch_size)
 
