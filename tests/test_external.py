@@ -303,6 +303,77 @@ def test_scoring_is_roc_auc_and_ap_over_known_labels():
     assert summary["target_met"] is False
 
 
+def test_weighted_auc_and_ap_are_sklearns_with_sample_weights():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from xrayscatter.benchmarks.external import weighted_auc_and_ap
+
+    rng = np.random.default_rng(3)
+    labels = rng.random(80) < 0.3
+    scores = np.round(rng.random(80), 1)  # ties, which both metrics must treat as sklearn does
+    weights = rng.integers(0, 4, (6, 80)).astype(float)
+    weights[0] = 1.0
+    auc, ap = weighted_auc_and_ap(labels, scores, weights)
+    np.testing.assert_allclose(auc, [roc_auc_score(labels, scores, sample_weight=w) for w in weights], atol=1e-12)
+    np.testing.assert_allclose(ap, [average_precision_score(labels, scores, sample_weight=w) for w in weights], atol=1e-12)
+    no_positives = np.where(labels, 0.0, 1.0)[None]  # a weighting that leaves one class out: not scored
+    assert np.isnan(weighted_auc_and_ap(labels, scores, no_positives)).all()
+
+
+def test_bootstrap_intervals_bracket_the_scores_and_narrow_with_more_files():
+    from xrayscatter.attributes import ATTRIBUTES
+    from xrayscatter.benchmarks.external import bootstrap_intervals, score_attributes, summarise
+
+    rng = np.random.default_rng(4)
+
+    def labelled_set(count):
+        truth, scores = [], {}
+        for i in range(count):
+            ring = int(rng.random() < 0.4)
+            truth.append({"file": f"f{i}", "labels": {a: 0 for a in ATTRIBUTES} | {"Ring": ring, "Halo": None}})
+            scores[f"f{i}"] = {a: float(rng.random()) for a in ATTRIBUTES} | {"Ring": float(rng.normal(ring, 0.8))}
+        return truth, scores
+
+    widths = []
+    for count in (60, 600):
+        truth, scores = labelled_set(count)
+        intervals = bootstrap_intervals(truth, scores, resamples=200)
+        rows = {r["attribute"]: r for r in score_attributes(truth, scores)}
+        low, high = intervals["auc"]["Ring"]
+        assert low < rows["Ring"]["auc"] < high
+        assert intervals["auc"]["Halo"] is None and intervals["auc"]["BCC"] is None  # unknown / one class: no interval
+        summary = summarise(list(rows.values()))
+        assert intervals["mean_auc"][0] < summary["mean_auc"] < intervals["mean_auc"][1]
+        assert intervals["map"][0] < summary["map"] < intervals["map"][1]
+        widths.append(high - low)
+    assert widths[1] < 0.6 * widths[0]  # ten times the files: about a third of the width
+
+
+def test_paired_difference_of_two_models_on_the_same_files():
+    from xrayscatter.attributes import ATTRIBUTES
+    from xrayscatter.benchmarks.external import paired_difference, score_attributes, summarise
+
+    rng = np.random.default_rng(5)
+    truth, old, new = [], {}, {}
+    for i in range(300):
+        ring = int(rng.random() < 0.4)
+        truth.append({"file": f"f{i}", "labels": {a: 0 for a in ATTRIBUTES} | {"Ring": ring, "Halo": int(rng.random() < 0.3)}})
+        noise = {a: float(rng.random()) for a in ATTRIBUTES}
+        old[f"f{i}"] = noise | {"Ring": float(rng.normal(ring, 1.0))}
+        new[f"f{i}"] = noise | {"Ring": float(rng.normal(ring, 0.3))}  # the same files, a sharper Ring output
+    same = paired_difference(truth, old, old, resamples=100)
+    assert same["mean_auc"] == 0.0 and same["intervals"]["mean_auc"] == [0.0, 0.0]
+    better = paired_difference(truth, new, old, resamples=200)
+    rows = {r["attribute"]: r["auc"] for r in score_attributes(truth, new)}
+    before = {r["attribute"]: r["auc"] for r in score_attributes(truth, old)}
+    assert better["auc"]["Ring"] == pytest.approx(rows["Ring"] - before["Ring"])
+    assert better["auc"]["Halo"] == 0.0  # the same scores: no difference in any resample
+    low, high = better["intervals"]["auc"]["Ring"]
+    assert 0.0 < low < better["auc"]["Ring"] < high  # surely better, and the interval holds the difference
+    assert better["mean_auc"] == pytest.approx(summarise(list(score_attributes(truth, new)))["mean_auc"]
+                                               - summarise(list(score_attributes(truth, old)))["mean_auc"])
+
+
 def test_bench_external_tags_the_set_and_writes_results(external_set, tmp_path_factory):
     from xrayscatter.attributes import ATTRIBUTES
     from xrayscatter.benchmarks.external import bench_external
@@ -318,6 +389,14 @@ def test_bench_external_tags_the_set_and_writes_results(external_set, tmp_path_f
     assert scored and all(0.0 <= r["auc"] <= 1.0 and 0.0 <= r["ap"] <= 1.0 for r in scored)
     results = json.loads((folder / "results.json").read_text())
     assert results["mean_auc"] == pytest.approx(summary["mean_auc"]) and results["map"] == pytest.approx(summary["map"])
+    # how far another draw of as many files would move the figures: an interval beside each AUC and the means
+    assert all(r["auc_interval"][0] <= r["auc_interval"][1] for r in scored if r["auc_interval"] is not None)
+    assert results["interval_level"] == 0.9 and "interval" in (folder / "results.md").read_text()
+    # against a baseline: the same model compared with itself differs by nothing, in every resample
+    again = bench_external(model=model, folder=folder, per_group=1, seed=SEED, baseline=model)
+    assert again["against"]["mean_auc"] == pytest.approx(again["mean_auc"])
+    assert again["against"]["difference"]["mean_auc"] == 0.0
+    assert "## Against" in (folder / "results.md").read_text()
     assert "| attribute | positives |" in (folder / "results.md").read_text()
     # The model has the beam-centre head: how far its centres lie from the files' is part of the summary.
     centre = summary["beam_centre"]

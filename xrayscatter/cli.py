@@ -225,14 +225,16 @@ def serve_config_command(
 def bench_external_command(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="SavedModel (default: newest under saved_models/)."),
     folder: Optional[Path] = typer.Option(None, "--folder", help="Where the files go (default reports/external)."),
-    per_group: int = typer.Option(15, "--per-group", help="Files per group (17 groups)."),
+    per_group: int = typer.Option(30, "--per-group", help="Files per group (17 groups)."),
     seed: int = typer.Option(20261124, "--seed", help="Random seed of the set."),
     workers: int = typer.Option(2, "--workers", help="Processes writing the files."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A second SavedModel: the differences "
+                                            "(model − baseline) on the same files, with paired intervals."),
 ):
     """A model on files from another physics code (sasmodels), detectors and formats: ROC AUC and AP per attribute."""
     from xrayscatter.benchmarks.external import bench_external
 
-    bench_external(model=model, folder=folder, per_group=per_group, seed=seed, workers=workers)
+    bench_external(model=model, folder=folder, per_group=per_group, seed=seed, workers=workers, baseline=baseline)
 
 
 PAPER_PIPELINE = "pipelines/paper.toml"

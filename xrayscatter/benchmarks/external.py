@@ -7,7 +7,7 @@ masks, grains and noise; nothing from ``xrayscatter.simulate`` — tags them thr
 code path (:func:`xrayscatter.predict.run_predictions`) and reports, per attribute, ROC AUC and
 average precision (AP) over the files whose truth is known, with their means (mAP).
 
-Groups (``per_group`` files each; default 15 × 17 = 255 files). Powder patterns are 1-D I(q) from
+Groups (``per_group`` files each; default 30 × 17 = 510 files). Powder patterns are 1-D I(q) from
 sasmodels (orientation-averaged by sasmodels for anisotropic shapes), smeared by a pinhole-like
 resolution of Δq/q = 0.5–2 % and mapped per pixel by interpolation in log q:
 
@@ -136,7 +136,7 @@ from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.errors import XrayscatterError
 
 SET_VERSION = 2  # bump when the set changes in a way the source hash below would not see
-DEFAULT_PER_GROUP = 15
+DEFAULT_PER_GROUP = 30  # 510 files: 90 % bootstrap intervals of an attribute's AUC ±0.02–0.05 (±0.03–0.07 at 15)
 DEFAULT_SEED = 20261124
 
 
@@ -1717,6 +1717,126 @@ def score_attributes(truth: list[dict], scores: dict[str, dict[str, float]]) -> 
     return rows
 
 
+BOOTSTRAP_RESAMPLES = 500
+INTERVAL_LEVEL = 0.90
+
+
+def weighted_auc_and_ap(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC and average precision of one attribute under R weightings of its files at once.
+
+    The same numbers as scikit-learn's ``roc_auc_score`` and ``average_precision_score`` with
+    ``sample_weight`` (tested), vectorised over the weightings: a bootstrap needs hundreds of them, and
+    the per-call checks of scikit-learn cost more than the sums.
+
+    Args:
+        labels: (n,) 0/1; scores: (n,); weights: (R, n) ≥ 0.
+
+    Returns:
+        (R,) AUC and (R,) AP; NaN where a weighting leaves one class without weight.
+    """
+    labels = np.asarray(labels, bool)
+    scores = np.asarray(scores, float)
+    weights = np.atleast_2d(np.asarray(weights, float))
+    positive_weight = weights[:, labels].sum(axis=1)
+    negative_weight = weights[:, ~labels].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # AUC: the weighted share of (positive, negative) pairs ranked right, ties counting half
+        above = scores[labels][:, None] - scores[~labels][None, :]  # (positives, negatives)
+        wins = (above > 0) + 0.5 * (above == 0)
+        pairs = np.einsum("rp,pn,rn->r", weights[:, labels], wins, weights[:, ~labels])
+        auc = pairs / (positive_weight * negative_weight)
+        # AP: precision at each distinct score (highest first) times the recall it adds
+        order = np.argsort(-scores, kind="stable")
+        ranked = scores[order]
+        last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]
+        true_positives = np.cumsum(weights[:, order] * labels[order], axis=1)[:, last_of_tie]
+        predicted = np.cumsum(weights[:, order], axis=1)[:, last_of_tie]
+        precision = np.where(predicted > 0, true_positives / np.where(predicted > 0, predicted, 1.0), 0.0)
+        recall_step = np.diff(true_positives, axis=1, prepend=0.0) / positive_weight[:, None]
+        ap = np.sum(recall_step * precision, axis=1)
+    one_class = (positive_weight <= 0) | (negative_weight <= 0)
+    return np.where(one_class, np.nan, auc), np.where(one_class, np.nan, ap)
+
+
+def resample_weights(count: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """(resamples, count) bootstrap weights: how often each of ``count`` files is drawn in each resample."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, count, count), minlength=count) for _ in range(resamples)])
+
+
+def resampled_scores(truth: list[dict], scores: dict[str, dict[str, float]], weights: np.ndarray):
+    """ROC AUC and AP of every attribute under each resample's weights.
+
+    Returns:
+        (aucs, aps, scored): (R, 17) each (NaN where a resample or the set lacks a class), and the indices of
+        the attributes with both classes in the whole set, over which ``summarise`` takes its means.
+    """
+    aucs = np.full((len(weights), len(ATTRIBUTES)), np.nan)
+    aps = np.full((len(weights), len(ATTRIBUTES)), np.nan)
+    scored = []
+    for a, attribute in enumerate(ATTRIBUTES):
+        known = [(i, row["labels"][attribute], scores[row["file"]][attribute]) for i, row in enumerate(truth)
+                 if row["labels"].get(attribute) is not None and attribute in scores[row["file"]]]
+        if not known:
+            continue
+        positions, labels, values = (np.array(column) for column in zip(*known))
+        if 0 < labels.sum() < len(labels):
+            scored.append(a)
+            aucs[:, a], aps[:, a] = weighted_auc_and_ap(labels, values.astype(float), weights[:, positions])
+    return aucs, aps, scored
+
+
+def _intervals(aucs: np.ndarray, aps: np.ndarray, scored: list[int], level: float) -> dict:
+    """Percentile intervals of per-resample AUCs (R, 17), APs and their means over ``scored``."""
+    resamples = len(aucs)
+    tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+
+    def interval(values: np.ndarray):
+        values = values[np.isfinite(values)]
+        return [float(v) for v in np.percentile(values, tails)] if len(values) >= resamples / 2 else None
+
+    nothing = np.full(resamples, np.nan)
+    return {"auc": {attribute: interval(aucs[:, a]) for a, attribute in enumerate(ATTRIBUTES)},
+            "mean_auc": interval(aucs[:, scored].mean(axis=1) if scored else nothing),
+            "map": interval(aps[:, scored].mean(axis=1) if scored else nothing),
+            "level": level, "resamples": resamples}
+
+
+def bootstrap_intervals(truth: list[dict], scores: dict[str, dict[str, float]], resamples: int = BOOTSTRAP_RESAMPLES,
+                        level: float = INTERVAL_LEVEL, seed: int = 0) -> dict:
+    """How far the set's ROC AUCs and APs would move on another draw of as many files: percentile intervals over
+    ``resamples`` bootstrap resamples of the files (a file drawn k times weighs k).
+
+    Resampling whole files keeps each file's labels together, so the mean over attributes gets an interval
+    of its own (not one made from the attributes' intervals, which are not independent).
+
+    Returns:
+        ``{"auc": {attribute: [low, high] or None}, "mean_auc": [low, high] or None, "map": [low, high] or None,
+        "level", "resamples"}``; None where fewer than half the resamples have both classes.
+    """
+    return _intervals(*resampled_scores(truth, scores, resample_weights(len(truth), resamples, seed)), level)
+
+
+def paired_difference(truth: list[dict], scores: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]],
+                      resamples: int = BOOTSTRAP_RESAMPLES, level: float = INTERVAL_LEVEL, seed: int = 0) -> dict:
+    """``scores`` − ``baseline`` (two models on the same files): the difference of each attribute's ROC AUC, of the
+    mean AUC and of the mAP, with intervals from the *same* resamples for both (paired: the files both models
+    found hard move both figures together, so the difference is surer than either figure).
+
+    Returns:
+        ``{"auc": {attribute: difference or None}, "mean_auc", "map", "intervals": _intervals(...) of the differences}``.
+    """
+    weights = resample_weights(len(truth), resamples, seed)
+    ones = np.ones((1, len(truth)))
+    new, new_ap, scored = resampled_scores(truth, scores, np.vstack([ones, weights]))
+    old, old_ap, _ = resampled_scores(truth, baseline, np.vstack([ones, weights]))
+    auc, ap = new - old, new_ap - old_ap
+    return {"auc": {attribute: (None if np.isnan(auc[0, a]) else float(auc[0, a])) for a, attribute in enumerate(ATTRIBUTES)},
+            "mean_auc": float(auc[0, scored].mean()) if scored else None,
+            "map": float(ap[0, scored].mean()) if scored else None,
+            "intervals": _intervals(auc[1:], ap[1:], scored, level)}
+
+
 def summarise(rows: list[dict]) -> dict:
     scored = [r for r in rows if r["auc"] is not None]
     aucs = [r["auc"] for r in scored]
@@ -1733,29 +1853,71 @@ def _markdown(summary: dict) -> str:
              f"Set `{summary['definition']['hash']}` (seed {summary['definition']['seed']}, "
              f"{summary['definition']['per_group']} per group, {len(summary['definition']['groups'])} groups). "
              "Unknown labels are left out of each attribute's ROC AUC and AP.", "",
-             "| attribute | positives | negatives | unknown | base rate | ROC AUC | AP |",
-             "|---|---|---|---|---|---|---|"]
+             f"Intervals: {100 * summary['interval_level']:.0f} % of bootstrap resamples of the files.", "",
+             "| attribute | positives | negatives | unknown | base rate | ROC AUC | interval | AP |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in summary["attributes"]:
-        def f(v, fmt="{:.2f}"):
-            return "–" if v is None else fmt.format(v)
-        lines.append(f"| {r['attribute']} | {r['positives']} | {r['negatives']} | {r['unknown']} | {f(r['base_rate'])} "
-                     f"| {f(r['auc'])} | {f(r['ap'])} |")
+        lines.append(f"| {r['attribute']} | {r['positives']} | {r['negatives']} | {r['unknown']} "
+                     f"| {_fmt(r['base_rate'])} | {_fmt(r['auc'])} | {_interval(r['auc_interval'])} | {_fmt(r['ap'])} |")
     lines.append(f"| **mean** | | | | {_fmt(summary['mean_base_rate'])} | **{_fmt(summary['mean_auc'])}** "
-                 f"| **{_fmt(summary['map'])}** |")
+                 f"| {_interval(summary['mean_auc_interval'])} | **{_fmt(summary['map'])}** "
+                 f"({_interval(summary['map_interval'])}) |")
     lines += ["", f"Target (mean ROC AUC ≥ 0.90, every attribute ≥ 0.80): "
                   f"{'met' if summary['target_met'] else 'not met'} (lowest ROC AUC {_fmt(summary['min_auc'])})."]
     if summary.get("beam_centre"):
         lines += ["", beam_centre_line(summary["beam_centre"]).capitalize() + "."]
+    if summary.get("against"):
+        against, difference = summary["against"], summary["against"]["difference"]
+        intervals = difference["intervals"]
+        baseline_auc = {r["attribute"]: r["auc"] for r in against["attributes"]}
+        lines += ["", f"## Against `{against['model']}` on the same files", "",
+                  f"Differences (this model − that one) with paired intervals ({100 * intervals['level']:.0f} % of "
+                  f"{intervals['resamples']} bootstrap resamples, the same for both models).", "",
+                  "| attribute | ROC AUC | baseline | difference | interval |", "|---|---|---|---|---|"]
+        for r in summary["attributes"]:
+            lines.append(f"| {r['attribute']} | {_fmt(r['auc'])} | {_fmt(baseline_auc[r['attribute']])} "
+                         f"| {_signed(difference['auc'][r['attribute']])} | {_interval(intervals['auc'][r['attribute']])} |")
+        for name, key in (("**mean AUC**", "mean_auc"), ("**mAP**", "map")):
+            lines.append(f"| {name} | {_fmt(summary[key])} | {_fmt(against[key])} | {_signed(difference[key])} "
+                         f"| {_interval(intervals[key])} |")
     return "\n".join(lines) + "\n"
+
+
+def _difference_table(summary: dict, table_class):
+    """The comparison with ``summary["against"]``: each AUC of both models, their difference and its interval."""
+    against, difference = summary["against"], summary["against"]["difference"]
+    intervals = difference["intervals"]
+    table = table_class(title=f"{summary['model']} − {against['model']} on the same {summary['files']} files "
+                              f"(paired: {100 * intervals['level']:.0f} % of {intervals['resamples']} bootstrap resamples)")
+    for column in ("attribute", "AUC", "baseline", "difference", "interval"):
+        table.add_column(column, justify="left" if column == "attribute" else "right", no_wrap=True)
+    baseline_auc = {r["attribute"]: r["auc"] for r in against["attributes"]}
+    for r in summary["attributes"]:
+        change = difference["auc"][r["attribute"]]
+        table.add_row(r["attribute"], _fmt(r["auc"]), _fmt(baseline_auc.get(r["attribute"])), _signed(change),
+                      _interval(intervals["auc"][r["attribute"]]))
+    table.add_row("mean AUC", _fmt(summary["mean_auc"]), _fmt(against["mean_auc"]), _signed(difference["mean_auc"]),
+                  _interval(intervals["mean_auc"]))
+    table.add_row("mAP", _fmt(summary["map"]), _fmt(against["map"]), _signed(difference["map"]),
+                  _interval(intervals["map"]))
+    return table
+
+
+def _signed(v):
+    return "–" if v is None else f"{v:+.3f}"
 
 
 def _fmt(v):
     return "–" if v is None else f"{v:.2f}"
 
 
+def _interval(bounds):
+    return "–" if bounds is None else f"{bounds[0]:.2f}–{bounds[1]:.2f}"
+
+
 def bench_external(model: str | Path | None = None, folder: str | Path | None = None,
                    per_group: int = DEFAULT_PER_GROUP, seed: int = DEFAULT_SEED, workers: int = 2,
-                   groups: list[str] | None = None) -> dict:
+                   groups: list[str] | None = None, baseline: str | Path | None = None) -> dict:
     """Write (or reuse) the sasmodels set, tag it with ``predict``'s code path, report ROC AUC and AP per attribute.
 
     Args:
@@ -1766,6 +1928,8 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
         seed: the set's random seed.
         workers: processes writing the files.
         groups: a subset of ``GROUPS`` (default all).
+        baseline: a second SavedModel to compare with on the same files: the difference (model − baseline)
+            of each AUC, of the mean AUC and of the mAP, with paired bootstrap intervals (``summary["against"]``).
 
     Returns:
         dict with ``model``, ``folder``, ``files``, ``mean_auc``, ``map``, ``attributes`` (one dict
@@ -1791,20 +1955,34 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
 
     from xrayscatter.predict import TaggingModel, resolve_model_dir, run_predictions
 
-    tagging_model = TaggingModel(resolve_model_dir(model))
+    def tag(model_dir):
+        tagging_model = TaggingModel(resolve_model_dir(model_dir))
+        results = run_predictions(tagging_model, [folder / row["file"] for row in truth], show_progress=True)
+        failed = [r for r in results if r.error is not None]
+        if failed:
+            raise XrayscatterError(f"{failed[0].path}: {failed[0].error}")
+        return tagging_model, results, {r.path.name: dict(zip(tagging_model.attributes, map(float, r.scores)))
+                                        for r in results}
+
     started = time.perf_counter()
-    results = run_predictions(tagging_model, [folder / row["file"] for row in truth], show_progress=True)
+    tagging_model, results, scores = tag(model)
     seconds = time.perf_counter() - started
-    failed = [r for r in results if r.error is not None]
-    if failed:
-        raise XrayscatterError(f"{failed[0].path}: {failed[0].error}")
-    scores = {r.path.name: dict(zip(tagging_model.attributes, map(float, r.scores))) for r in results}
     rows = score_attributes(truth, scores)
+    intervals = bootstrap_intervals(truth, scores)
+    for row in rows:
+        row["auc_interval"] = intervals["auc"][row["attribute"]] if row["auc"] is not None else None
     beams = {r.path.name: r.beam_xy for r in results if r.beam_xy is not None}
     summary = {"model": str(tagging_model.path), "folder": str(folder), "files": len(truth),
                "definition": wanted, "generation_seconds": generation_seconds, "seconds": seconds,
-               **summarise(rows), "attributes": rows,
+               **summarise(rows), "mean_auc_interval": intervals["mean_auc"], "map_interval": intervals["map"],
+               "interval_level": intervals["level"], "attributes": rows,
                "beam_centre": beam_centre_errors(truth, beams) if beams else None}
+    if baseline is not None:
+        baseline_model, _, baseline_scores = tag(baseline)
+        baseline_rows = score_attributes(truth, baseline_scores)
+        summary["against"] = {"model": str(baseline_model.path), **summarise(baseline_rows),
+                              "attributes": [{k: r[k] for k in ("attribute", "auc", "ap")} for r in baseline_rows],
+                              "difference": paired_difference(truth, scores, baseline_scores)}
     (folder / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     (folder / "results.md").write_text(_markdown(summary))
 
@@ -1812,15 +1990,22 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
     scores = "probabilities" if tagging_model.score_name == "probability" else "scores"
     table = Table(title=f"ROC AUC and AP of the {scores} of {tagging_model.path} on {len(truth)} "
                         f"sasmodels files ({', '.join(formats)}; {len({r['detector'] for r in truth})} detector formats)")
-    for column in ("attribute", "pos/neg/unk", "base", "AUC", "AP", "mean +/−"):
+    level = f"AUC {100 * intervals['level']:.0f} %"
+    for column in ("attribute", "pos/neg/unk", "base", "AUC", level, "AP", "mean +/−"):
         table.add_column(column, justify="left" if column == "attribute" else "right", no_wrap=True)
     for r in rows:
         table.add_row(r["attribute"], f"{r['positives']}/{r['negatives']}/{r['unknown']}", _fmt(r["base_rate"]),
-                      _fmt(r["auc"]), _fmt(r["ap"]), f"{_fmt(r['mean_score_with'])}/{_fmt(r['mean_score_without'])}")
-    table.add_row("mean", "", _fmt(summary["mean_base_rate"]), _fmt(summary["mean_auc"]), _fmt(summary["map"]), "")
+                      _fmt(r["auc"]), _interval(r["auc_interval"]), _fmt(r["ap"]),
+                      f"{_fmt(r['mean_score_with'])}/{_fmt(r['mean_score_without'])}")
+    table.add_row("mean", "", _fmt(summary["mean_base_rate"]), _fmt(summary["mean_auc"]),
+                  _interval(summary["mean_auc_interval"]), _fmt(summary["map"]), "")
     console.print(table)
+    console.print(f"{level}: where {100 * intervals['level']:.0f} % of {intervals['resamples']} bootstrap resamples of "
+                  f"the {len(truth)} files put it (mAP {_interval(summary['map_interval'])})")
     if summary["beam_centre"]:
         console.print(beam_centre_line(summary["beam_centre"]))
+    if baseline is not None:
+        console.print(_difference_table(summary, Table))
     console.print(f"target (mean ROC AUC ≥ 0.90, none below 0.80): {'met' if summary['target_met'] else 'not met'}; "
                   f"results in {folder / 'results.md'}")
     return summary
