@@ -1867,39 +1867,38 @@ def _markdown(summary: dict) -> str:
     if summary.get("beam_centre"):
         lines += ["", beam_centre_line(summary["beam_centre"]).capitalize() + "."]
     if summary.get("against"):
-        against, difference = summary["against"], summary["against"]["difference"]
-        intervals = difference["intervals"]
-        baseline_auc = {r["attribute"]: r["auc"] for r in against["attributes"]}
-        lines += ["", f"## Against `{against['model']}` on the same files", "",
+        intervals = summary["against"]["difference"]["intervals"]
+        lines += ["", f"## Against `{summary['against']['model']}` on the same files", "",
                   f"Differences (this model − that one) with paired intervals ({100 * intervals['level']:.0f} % of "
                   f"{intervals['resamples']} bootstrap resamples, the same for both models).", "",
                   "| attribute | ROC AUC | baseline | difference | interval |", "|---|---|---|---|---|"]
-        for r in summary["attributes"]:
-            lines.append(f"| {r['attribute']} | {_fmt(r['auc'])} | {_fmt(baseline_auc[r['attribute']])} "
-                         f"| {_signed(difference['auc'][r['attribute']])} | {_interval(intervals['auc'][r['attribute']])} |")
-        for name, key in (("**mean AUC**", "mean_auc"), ("**mAP**", "map")):
-            lines.append(f"| {name} | {_fmt(summary[key])} | {_fmt(against[key])} | {_signed(difference[key])} "
-                         f"| {_interval(intervals[key])} |")
+        lines += ["| " + " | ".join(row) + " |" for row in _difference_rows(summary)]
     return "\n".join(lines) + "\n"
 
 
-def _difference_table(summary: dict, table_class):
-    """The comparison with ``summary["against"]``: each AUC of both models, their difference and its interval."""
+def _difference_rows(summary: dict) -> list[tuple[str, ...]]:
+    """The comparison with ``summary["against"]``: per attribute, then the mean AUC and the mAP, the figure of
+    this model and of the baseline, their difference and its paired interval."""
     against, difference = summary["against"], summary["against"]["difference"]
     intervals = difference["intervals"]
-    table = table_class(title=f"{summary['model']} − {against['model']} on the same {summary['files']} files "
-                              f"(paired: {100 * intervals['level']:.0f} % of {intervals['resamples']} bootstrap resamples)")
+    baseline_auc = {r["attribute"]: r["auc"] for r in against["attributes"]}
+    rows = [(r["attribute"], _fmt(r["auc"]), _fmt(baseline_auc[r["attribute"]]), _signed(difference["auc"][r["attribute"]]),
+             _interval(intervals["auc"][r["attribute"]])) for r in summary["attributes"]]
+    for name, key in (("mean AUC", "mean_auc"), ("mAP", "map")):
+        rows.append((name, _fmt(summary[key]), _fmt(against[key]), _signed(difference[key]), _interval(intervals[key])))
+    return rows
+
+
+def _difference_table(summary: dict, table_class):
+    """:func:`_difference_rows` as a rich table."""
+    intervals = summary["against"]["difference"]["intervals"]
+    table = table_class(title=f"{summary['model']} − {summary['against']['model']} on the same {summary['files']} "
+                              f"files (paired: {100 * intervals['level']:.0f} % of {intervals['resamples']} bootstrap "
+                              "resamples)")
     for column in ("attribute", "AUC", "baseline", "difference", "interval"):
         table.add_column(column, justify="left" if column == "attribute" else "right", no_wrap=True)
-    baseline_auc = {r["attribute"]: r["auc"] for r in against["attributes"]}
-    for r in summary["attributes"]:
-        change = difference["auc"][r["attribute"]]
-        table.add_row(r["attribute"], _fmt(r["auc"]), _fmt(baseline_auc.get(r["attribute"])), _signed(change),
-                      _interval(intervals["auc"][r["attribute"]]))
-    table.add_row("mean AUC", _fmt(summary["mean_auc"]), _fmt(against["mean_auc"]), _signed(difference["mean_auc"]),
-                  _interval(intervals["mean_auc"]))
-    table.add_row("mAP", _fmt(summary["map"]), _fmt(against["map"]), _signed(difference["map"]),
-                  _interval(intervals["map"]))
+    for row in _difference_rows(summary):
+        table.add_row(*row)
     return table
 
 
