@@ -1692,6 +1692,15 @@ _SCORING_MARKER = "# ---- everything above defines the set"
 
 
 # =============================================================================== scoring
+def known_labels(truth: list[dict], scores: dict[str, dict[str, float]], attribute: str):
+    """The files whose ``attribute`` label is known (and scored): their positions in ``truth`` (int), labels (0/1
+    int) and scores (float), as three (k,) arrays."""
+    known = [(i, row["labels"][attribute], scores[row["file"]][attribute]) for i, row in enumerate(truth)
+             if row["labels"].get(attribute) is not None and attribute in scores[row["file"]]]
+    return (np.array([k[0] for k in known], int), np.array([k[1] for k in known], int),
+            np.array([k[2] for k in known], float))
+
+
 def score_attributes(truth: list[dict], scores: dict[str, dict[str, float]]) -> list[dict]:
     """Per attribute: ROC AUC and AP of the model's scores over the files whose label is known.
 
@@ -1702,10 +1711,7 @@ def score_attributes(truth: list[dict], scores: dict[str, dict[str, float]]) -> 
 
     rows = []
     for attribute in ATTRIBUTES:
-        known = [(row["labels"].get(attribute), scores[row["file"]][attribute]) for row in truth
-                 if row["labels"].get(attribute) is not None and attribute in scores[row["file"]]]
-        y = np.array([k for k, _ in known], int)
-        s = np.array([v for _, v in known], float)
+        _, y, s = known_labels(truth, scores, attribute)
         positives, negatives = int(y.sum()), int(len(y) - y.sum())
         both = positives > 0 and negatives > 0
         rows.append({"attribute": attribute, "positives": positives, "negatives": negatives,
@@ -1775,14 +1781,10 @@ def resampled_scores(truth: list[dict], scores: dict[str, dict[str, float]], wei
     aps = np.full((len(weights), len(ATTRIBUTES)), np.nan)
     scored = []
     for a, attribute in enumerate(ATTRIBUTES):
-        known = [(i, row["labels"][attribute], scores[row["file"]][attribute]) for i, row in enumerate(truth)
-                 if row["labels"].get(attribute) is not None and attribute in scores[row["file"]]]
-        if not known:
-            continue
-        positions, labels, values = (np.array(column) for column in zip(*known))
+        positions, labels, values = known_labels(truth, scores, attribute)
         if 0 < labels.sum() < len(labels):
             scored.append(a)
-            aucs[:, a], aps[:, a] = weighted_auc_and_ap(labels, values.astype(float), weights[:, positions])
+            aucs[:, a], aps[:, a] = weighted_auc_and_ap(labels, values, weights[:, positions])
     return aucs, aps, scored
 
 
