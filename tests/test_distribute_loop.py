@@ -2,11 +2,10 @@
 
 Worker processes on 127.0.0.1, each with its own cluster environment (``tests/helpers.py``):
 
-* ``xrayscatter train resnet`` as the two tasks of a Slurm job step (Slurm's environment variables, as
-  ``srun`` sets them), with export by the chief only;
 * ``xrayscatter train autoencoder`` with ``TF_CONFIG`` and as a Slurm step;
 * ``xrayscatter train resnet`` with ``TF_CONFIG``, one worker killed with SIGKILL mid-run: the survivor
-  exits saying how to resume, and the job started again resumes at the last backup.
+  exits saying how to resume, and the job started again — as the two tasks of a Slurm job step (Slurm's
+  environment variables, as ``srun`` sets them) — resumes at the last backup, with export by the chief only.
 
 (``tests/test_train.py`` runs the library entry itself under ``TF_CONFIG``.)
 """
@@ -43,29 +42,6 @@ def cli_summaries(outputs: list[str]) -> list[dict]:
         assert match, stdout[-2000:]
         found.append(match.groupdict())
     return found
-
-
-def test_cli_trains_the_resnet_as_the_two_tasks_of_a_slurm_step(smoke_dataset, tmp_path):
-    config = redirect(smoke_dataset, tmp_path)
-    pipeline = write_pipeline(config, tmp_path / "pipeline.toml")
-    port = free_port_pair()
-    command = [sys.executable, "-m", "xrayscatter", "train", "resnet", "--pipeline", str(pipeline)]
-    outputs = finish([start(command, slurm_env(rank, 2, port), tmp_path) for rank in range(2)])
-
-    chief, other = cli_summaries(outputs)
-    total = config.resnet.epochs * config.resnet.steps_per_epoch
-    for index, summary in enumerate((chief, other)):
-        assert summary["network"] == "resnet" and int(summary["index"]) == index
-        assert (int(summary["first"]), int(summary["last"]), int(summary["total"])) == (0, total, total)
-        assert summary["replicas"] == "2"  # one CPU replica on each of the two workers
-    assert (chief["role"], other["role"]) == ("chief", "worker")
-    assert chief["sha"] == other["sha"]
-    # Only the chief exports; the schedule is complete, so its backup is gone.
-    assert chief["export"] and other["export"] is None
-    versions = sorted((tmp_path / "saved_models" / "resnet").iterdir())
-    assert [v.name for v in versions] == ["1"] and (versions[0] / "saved_model.pb").is_file()
-    assert (tmp_path / "reports" / config.name / "resnet_holdout.json").is_file()
-    assert not (tmp_path / "logs" / "resnet" / "backup").exists()
 
 
 @pytest.mark.parametrize("cluster", ["tf_config", "slurm"])
@@ -128,14 +104,22 @@ def test_a_worker_killed_mid_run_and_restarted_resumes_from_the_last_backup(smok
     assert survivor_code not in (None, 0), survivor_stderr[-3000:]
     assert f"resumes from the backup at step {killed_at}" in survivor_stderr, survivor_stderr[-3000:]
 
-    # The job is started again (both workers, same command): it resumes at the last backup.
-    ports = free_ports(2)
-    outputs = finish([start(command, tf_config_env(index, ports), tmp_path) for index in range(2)])
+    # The job is started again, this time as the two tasks of a Slurm job step (Slurm's variables, as ``srun``
+    # sets them; the backup does not care which cluster wrote it): it resumes at the last backup.
+    port = free_port_pair()
+    outputs = finish([start(command, slurm_env(rank, 2, port), tmp_path) for rank in range(2)])
     chief, other = cli_summaries(outputs)
-    for summary in (chief, other):
+    for index, summary in enumerate((chief, other)):
+        assert summary["network"] == "resnet" and int(summary["index"]) == index
         assert (int(summary["first"]), int(summary["last"]), int(summary["total"])) == (killed_at, total, total)
+        assert summary["replicas"] == "2"  # one CPU replica on each of the two workers
+    assert (chief["role"], other["role"]) == ("chief", "worker")
     assert chief["sha"] == other["sha"]
+    # Only the chief exports (one version, with its hold-out report); the schedule is complete, so its backup is gone.
     assert chief["export"] and other["export"] is None
+    versions = sorted((tmp_path / "saved_models" / "resnet").iterdir())
+    assert [v.name for v in versions] == ["1"] and (versions[0] / "saved_model.pb").is_file()
+    assert (tmp_path / "reports" / config.name / "resnet_holdout.json").is_file()
     assert not backup.exists()  # a complete schedule removes its backup
     # The killed worker's temporary checkpoint folder was cleared by its successor.
     assert not [p for p in backup.parent.iterdir() if p.name.startswith(".backup-")]

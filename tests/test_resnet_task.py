@@ -161,22 +161,22 @@ def test_weight_averaging_validates_and_ships_the_average_of_the_weights(smoke_d
 
 
 def test_killed_with_sigkill_resumes_reports_and_exports(smoke_dataset, tmp_path):
-    config = redirect(replace(smoke_dataset, "resnet", epochs=6, steps_per_epoch=2), tmp_path)
+    config = redirect(replace(smoke_dataset, "resnet", epochs=4, steps_per_epoch=2), tmp_path)
     pipeline = write_pipeline(config, tmp_path / "pipeline.toml")
     backup = Path(config.resnet.log_dir) / "backup"
 
     process = subprocess.Popen([sys.executable, "-m", "xrayscatter", "train", "resnet", "--pipeline", str(pipeline)],
                                env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    kill_when(process, lambda: latest_backup_step(backup) >= 4, timeout=400, poll=0.1)
+    kill_when(process, lambda: latest_backup_step(backup) >= 2, timeout=400, poll=0.1)
     assert process.returncode == -signal.SIGKILL, f"not killed mid-training: {process.stderr.read()[-3000:]}"
     assert not (tmp_path / "saved_models").exists()
     backed_up = latest_backup_step(backup)  # the last backup before the kill, at an epoch's end
-    assert 4 <= backed_up < 12 and backed_up % 2 == 0
+    assert 2 <= backed_up < 8 and backed_up % 2 == 0
 
     result = train("resnet", config, progress=False)
 
     assert result["route"] == "fit" and result["complete"]
-    assert result["initial_step"] == backed_up and result["final_step"] == 12
+    assert result["initial_step"] == backed_up and result["final_step"] == 8
     run_dir = Path(result["log_dir"])
     rows = _csv_rows(run_dir / "training_log.csv")
     epochs = [int(r["epoch"]) for r in rows]
@@ -185,7 +185,7 @@ def test_killed_with_sigkill_resumes_reports_and_exports(smoke_dataset, tmp_path
     resumed = epochs[epochs.index(first_resumed, first_resumed):]  # the rows the second run wrote
     assert resumed == list(range(first_resumed, config.resnet.epochs))
     # The optimizer's step counter came back too: the learning rate follows the schedule of one run.
-    schedule = learning_rate_schedule(config, 12)
+    schedule = learning_rate_schedule(config, 8)
     for row in rows[-len(resumed):]:
         assert float(row["learning_rate"]) == pytest.approx(float(schedule((int(row["epoch"]) + 1) * 2)), rel=1e-5)
     # One loss per output, the PR-AUC of the attribute output, the validation of the evaluation copy.
