@@ -303,6 +303,33 @@ def test_scoring_is_roc_auc_and_ap_over_known_labels():
     assert summary["target_met"] is False
 
 
+def test_breakdown_reads_the_scores_per_detector_and_leaves_out_thin_subsets():
+    from xrayscatter.attributes import ATTRIBUTES
+    from xrayscatter.benchmarks.external import breakdown, breakdowns
+
+    rng = np.random.default_rng(0)
+    truth, scores = [], {}
+    for i in range(40):
+        detector = "good" if i < 24 else "bad"
+        ring = int(i % 2)
+        name = f"f{i}"
+        labels = {a: 0 for a in ATTRIBUTES} | {"Ring": ring, "Halo": int(i == 0 or i == 30)}
+        truth.append({"file": name, "detector": detector, "kind": "saxs", "labels": labels})
+        # the "good" files' Ring scores follow the label; the "bad" files' are the label turned upside down
+        ring_score = ring if detector == "good" else 1 - ring
+        scores[name] = {a: float(rng.random()) for a in ATTRIBUTES} | {"Ring": 0.2 + 0.6 * ring_score}
+    rows = {r["value"]: r for r in breakdown(truth, scores, "detector")}
+    assert list(rows) == ["good", "bad"] and (rows["good"]["files"], rows["bad"]["files"]) == (24, 16)
+    assert rows["good"]["auc"]["Ring"] == 1.0 and rows["bad"]["auc"]["Ring"] == 0.0
+    assert rows["bad"]["lowest"] == ("Ring", 0.0)
+    # Halo has one positive in each subset (fewer than 3): not scored there; attributes without positives neither
+    assert rows["good"]["auc"]["Halo"] is None and rows["good"]["attributes_scored"] == 1
+    assert rows["good"]["mean_auc_common"] == 1.0 and rows["bad"]["mean_auc"] == 0.0
+    split = breakdowns(truth, scores)
+    assert set(split) == {"detector", "kind"}  # no beam_placement in these rows
+    assert split["detector"]["common_attributes"] == ["Ring"] and len(split["kind"]["rows"]) == 1
+
+
 def test_weighted_auc_and_ap_are_sklearns_with_sample_weights():
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -398,6 +425,10 @@ def test_bench_external_tags_the_set_and_writes_results(external_set, tmp_path_f
     assert again["against"]["difference"]["mean_auc"] == 0.0
     assert "## Against" in (folder / "results.md").read_text()
     assert "| attribute | positives |" in (folder / "results.md").read_text()
+    # the same scores per detector format, in results.json and results.md
+    detectors = results["breakdowns"]["detector"]["rows"]
+    assert sorted(r["value"] for r in detectors) == sorted({r["detector"] for r in truth})
+    assert sum(r["files"] for r in detectors) == len(truth) and "## By detector" in (folder / "results.md").read_text()
     # The model has the beam-centre head: how far its centres lie from the files' is part of the summary.
     centre = summary["beam_centre"]
     on_image = sum(0 <= r["beam_centre_px"][0] <= r["shape"][0] and 0 <= r["beam_centre_px"][1] <= r["shape"][1]

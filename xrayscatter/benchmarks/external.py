@@ -1839,6 +1839,65 @@ def paired_difference(truth: list[dict], scores: dict[str, dict[str, float]], ba
             "intervals": _intervals(auc[1:], ap[1:], scored, level)}
 
 
+BREAKDOWN_MIN_CLASS = 3  # a subset's AUC needs this many files of each class, else it is left out (too noisy)
+BREAKDOWNS = ("detector", "kind", "beam_placement")  # truth fields the results are split by
+
+
+def breakdown(truth: list[dict], scores: dict[str, dict[str, float]], by: str = "detector",
+              min_class: int = BREAKDOWN_MIN_CLASS) -> list[dict]:
+    """The scores read per subset of the files: one row per value of the truth field ``by`` (``detector``,
+    ``kind``, ``beam_placement``), holding each attribute's ROC AUC over that subset's files where it has at
+    least ``min_class`` files of each class, and its mean over those attributes.
+
+    A model that reads one file format or one geometry worse than the others shows it here, where the
+    whole set's AUCs average it away. The subsets hold different attributes with both classes, so
+    ``mean_auc_common`` is also given over the attributes every subset can score.
+
+    Returns:
+        one dict per value (in order of first appearance): ``value``, ``files``, ``auc`` ({attribute: AUC or
+        None}), ``mean_auc`` (None if nothing scores), ``attributes_scored``, ``mean_auc_common``, ``lowest``
+        ((attribute, AUC) or None).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    values = list(dict.fromkeys(str(row.get(by)) for row in truth))
+    rows = []
+    for value in values:
+        subset = [row for row in truth if str(row.get(by)) == value]
+        auc = {}
+        for attribute in ATTRIBUTES:
+            _, y, s = known_labels(subset, scores, attribute)
+            positives = int(y.sum())
+            auc[attribute] = (float(roc_auc_score(y, s)) if min(positives, len(y) - positives) >= min_class
+                              else None)
+        scored = {a: v for a, v in auc.items() if v is not None}
+        rows.append({"value": value, "files": len(subset), "auc": auc,
+                     "mean_auc": float(np.mean(list(scored.values()))) if scored else None,
+                     "attributes_scored": len(scored),
+                     "lowest": min(scored.items(), key=lambda item: item[1]) if scored else None})
+    common = common_attributes(rows)
+    for r in rows:
+        r["mean_auc_common"] = float(np.mean([r["auc"][a] for a in common])) if common else None
+    return rows
+
+
+def common_attributes(rows: list[dict]) -> list[str]:
+    """The attributes that every subset of a :func:`breakdown` scores."""
+    return [a for a in ATTRIBUTES if all(r["auc"][a] is not None for r in rows)]
+
+
+def breakdowns(truth: list[dict], scores: dict[str, dict[str, float]]) -> dict:
+    """:func:`breakdown` by every field of ``BREAKDOWNS`` the truth rows have, and the attributes common to all
+    subsets of each (over which ``mean_auc_common`` is taken)."""
+    out = {}
+    for by in BREAKDOWNS:
+        if not any(by in row for row in truth):
+            continue
+        rows = breakdown(truth, scores, by)
+        out[by] = {"rows": rows, "common_attributes": common_attributes(rows)}
+    return out
+
+
 def summarise(rows: list[dict]) -> dict:
     scored = [r for r in rows if r["auc"] is not None]
     aucs = [r["auc"] for r in scored]
@@ -1868,6 +1927,19 @@ def _markdown(summary: dict) -> str:
                   f"{'met' if summary['target_met'] else 'not met'} (lowest ROC AUC {_fmt(summary['min_auc'])})."]
     if summary.get("beam_centre"):
         lines += ["", beam_centre_line(summary["beam_centre"]).capitalize() + "."]
+    for by, split in (summary.get("breakdowns") or {}).items():
+        lines += ["", f"## By {by.replace('_', ' ')}", "",
+                  f"ROC AUC over each subset's files, where it has at least {BREAKDOWN_MIN_CLASS} files of each "
+                  f"class (– : fewer); common mean over the {len(split['common_attributes'])} attributes every "
+                  "subset scores.", "",
+                  "| attribute | " + " | ".join(r["value"] for r in split["rows"]) + " |",
+                  "|---|" + "---|" * len(split["rows"])]
+        lines.append("| files | " + " | ".join(str(r["files"]) for r in split["rows"]) + " |")
+        for attribute in ATTRIBUTES:
+            lines.append(f"| {attribute} | " + " | ".join(_fmt(r["auc"][attribute]) for r in split["rows"]) + " |")
+        lines.append("| **mean** | " + " | ".join(f"**{_fmt(r['mean_auc'])}** ({r['attributes_scored']})"
+                                                  for r in split["rows"]) + " |")
+        lines.append("| common mean | " + " | ".join(_fmt(r["mean_auc_common"]) for r in split["rows"]) + " |")
     if summary.get("against"):
         intervals = summary["against"]["difference"]["intervals"]
         lines += ["", f"## Against `{summary['against']['model']}` on the same files", "",
@@ -1901,6 +1973,19 @@ def _difference_table(summary: dict, table_class):
         table.add_column(column, justify="left" if column == "attribute" else "right", no_wrap=True)
     for row in _difference_rows(summary):
         table.add_row(*row)
+    return table
+
+
+def _breakdown_table(split: dict, by: str, table_class):
+    """One row per subset of a :func:`breakdown`: files, mean AUC, common mean, the lowest attribute."""
+    table = table_class(title=f"by {by}: ROC AUC over each {by}'s files (attributes with ≥ {BREAKDOWN_MIN_CLASS} "
+                              f"files of each class; common: the {len(split['common_attributes'])} every {by} scores)")
+    for column in (by, "files", "mean AUC", "scored", "common mean", "lowest"):
+        table.add_column(column, justify="left" if column in (by, "lowest") else "right", no_wrap=True)
+    for r in split["rows"]:
+        lowest = f"{r['lowest'][0]} {r['lowest'][1]:.2f}" if r["lowest"] else "–"
+        table.add_row(r["value"], str(r["files"]), _fmt(r["mean_auc"]), str(r["attributes_scored"]),
+                      _fmt(r["mean_auc_common"]), lowest)
     return table
 
 
@@ -1977,7 +2062,8 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
                "definition": wanted, "generation_seconds": generation_seconds, "seconds": seconds,
                **summarise(rows), "mean_auc_interval": intervals["mean_auc"], "map_interval": intervals["map"],
                "interval_level": intervals["level"], "attributes": rows,
-               "beam_centre": beam_centre_errors(truth, beams) if beams else None}
+               "beam_centre": beam_centre_errors(truth, beams) if beams else None,
+               "breakdowns": breakdowns(truth, scores)}
     if baseline is not None:
         baseline_model, _, baseline_scores = tag(baseline)
         baseline_rows = score_attributes(truth, baseline_scores)
@@ -2005,6 +2091,8 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
                   f"the {len(truth)} files put it (mAP {_interval(summary['map_interval'])})")
     if summary["beam_centre"]:
         console.print(beam_centre_line(summary["beam_centre"]))
+    if "detector" in summary["breakdowns"]:
+        console.print(_breakdown_table(summary["breakdowns"]["detector"], "detector", Table))
     if baseline is not None:
         console.print(_difference_table(summary, Table))
     console.print(f"target (mean ROC AUC ≥ 0.90, none below 0.80): {'met' if summary['target_met'] else 'not met'}; "
