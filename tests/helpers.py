@@ -104,11 +104,13 @@ def write_pipeline(config, path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- tiny SavedModels
 def paper_network(config):
-    """``config`` with the paper's network: one input channel (log counts), attribute outputs only
-    (no beam-centre head, no beam-region branch)."""
+    """``config`` with the paper's network: the ResNet-50 block layout, one input channel (log counts),
+    attribute outputs only (no beam-centre head, no beam-region branch)."""
     from xrayscatter.config import replace
+    from xrayscatter.resnet.model import RESNET50_BLOCKS
 
-    return replace(config, "resnet", input_channels=("log",), beam_centre_weight=0.0, detail_size=0)
+    return replace(config, "resnet", blocks=RESNET50_BLOCKS, input_channels=("log",), beam_centre_weight=0.0,
+                   detail_size=0)
 
 
 def tiny_resnet_config(paper: bool = False, **changes):
@@ -128,7 +130,7 @@ def build_resnet(settings):
     return build_network(settings.input_size, settings.width_multiplier, len(settings.input_channels),
                          beam_head=head, detail_size=settings.detail_size if head else 0,
                          detail_crop=settings.detail_crop, detail_window=settings.detail_window,
-                         profile_bins=settings.profile_bins if head else 0)
+                         profile_bins=settings.profile_bins if head else 0, blocks=settings.blocks)
 
 
 def tiny_resnet(config=None, seed: int = 0, trained_statistics: bool = False):

@@ -21,6 +21,8 @@ def test_shipped_pipelines_load(name):
 def test_paper_preset_is_resnet50_at_224():
     config = load_config(REPO / "pipelines" / "paper.toml")
     assert config.resnet.input_size == 224 and config.resnet.width_multiplier == 1.0
+    assert config.resnet.blocks == (3, 4, 6, 3)
+    assert load_config(REPO / "pipelines" / "default.toml").resnet.blocks == (3, 4, 6, 3)  # the default is ResNet-50 too
     assert config.simulate.num_images == 100_000
 
 
@@ -74,6 +76,8 @@ def test_missing_and_invalid_toml(tmp_path):
     ("threshold_precision = 1.2", "resnet.threshold_precision"),
     ("threshold_floor = 1.0", "resnet.threshold_floor"),
     ("threshold_floor = -0.1", "resnet.threshold_floor"),
+    ("blocks = [3, 4, 6]", "resnet.blocks"),
+    ("blocks = [3, 0, 6, 3]", "resnet.blocks"),
 ])
 def test_each_new_resnet_key_names_itself_when_bad(tmp_path, line, key):
     path = tmp_path / "bad.toml"

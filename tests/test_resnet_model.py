@@ -10,8 +10,9 @@ import tensorflow as tf
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
 from xrayscatter.resnet.model import (BACKBONE_NAME, BeamWindow, RadialProfile, SoftArgmax2D, attribute_probabilities,
-                                      batch_norm_layers, build_backbone, build_classifier, build_network,
-                                      feature_extractor, feature_size, first_conv_kernel, recalibrate_batch_norm,
+                                      batch_norm_layers, beam_map_layer, build_backbone, build_classifier, build_network,
+                                      feature_extractor, feature_size, first_conv_kernel, layout_name,
+                                      recalibrate_batch_norm,
                                       sample_window)
 
 
@@ -38,6 +39,19 @@ def test_narrow_network_keeps_the_block_layout(width, features):
     assert first_conv_kernel(model).shape == (7, 7, 1, int(64 * width))
 
 
+def test_fewer_blocks_keep_the_stages_names_and_the_beam_map_stride():
+    """The smoke pipeline's 1-1-1-1 layout: the same stages, strides and names, one bottleneck each."""
+    model = build_backbone(64, 0.125, blocks=(1, 1, 1, 1))
+    names = [layer.name for layer in model.layers]
+    assert [n for n in names if n.endswith("_add")] == [f"conv{s}_block1_add" for s in (2, 3, 4, 5)]
+    assert model.output.shape == (None, feature_size(0.125))
+    assert tuple(model.get_layer(beam_map_layer((1, 1, 1, 1))).output.shape) == (None, 8, 8, 64)  # stride 8
+    assert beam_map_layer() == "conv3_block4_out" and layout_name() == "ResNet-50"
+    assert layout_name((1, 1, 1, 1)) == "ResNet 1-1-1-1"
+    network = build_network(64, 0.125, 3, beam_head=True, blocks=(1, 1, 1, 1))
+    assert set(network.output) == {"attributes", "beam"}
+
+
 def test_classifier_outputs_probabilities_in_float32_under_mixed_precision():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
@@ -58,6 +72,9 @@ def test_bad_arguments_are_rejected():
         build_backbone(16)
     with pytest.raises(ValueError, match="width_multiplier"):
         build_backbone(32, 0.0)
+    for blocks in ((3, 4, 6), (3, 0, 6, 3)):
+        with pytest.raises(ValueError, match="blocks"):
+            build_backbone(32, 0.125, blocks=blocks)
 
 
 # --------------------------------------------------------------------------- heads and branches

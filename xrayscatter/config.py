@@ -97,6 +97,9 @@ class ResNetConfig:
 
     input_size: int = 224
     width_multiplier: float = 1.0  # 1.0 is exactly keras.applications.ResNet50
+    # Bottleneck blocks in conv2_x … conv5_x: (3, 4, 6, 3) is ResNet-50. Only the smoke pipeline (the
+    # tests' network) uses fewer, to cut the time Keras spends tracing the training graph.
+    blocks: tuple[int, ...] = (3, 4, 6, 3)
     batch_size: int = 32  # global batch (split over replicas)
     epochs: int = 10
     steps_per_epoch: int = 0  # 0 → one pass over the train split
@@ -173,6 +176,8 @@ class ResNetConfig:
         _check(0 <= self.threshold_floor < 1, where, "resnet.threshold_floor", "must be in [0, 1)")
         _check(0 < self.averaging_momentum < 1, where, "resnet.averaging_momentum", "must be in (0, 1)")
         _check(0 < self.width_multiplier <= 4, where, "resnet.width_multiplier", "must be in (0, 4]")
+        _check(len(self.blocks) == 4 and min(self.blocks) >= 1, where, "resnet.blocks",
+               "must be 4 block counts ≥ 1 (conv2_x … conv5_x; ResNet-50 is [3, 4, 6, 3])")
         _check(self.batch_size >= 1, where, "resnet.batch_size", "must be ≥ 1")
         _check(self.epochs >= 1, where, "resnet.epochs", "must be ≥ 1")
         _check(self.steps_per_epoch >= 0, where, "resnet.steps_per_epoch", "must be ≥ 0")

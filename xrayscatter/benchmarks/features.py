@@ -71,7 +71,7 @@ def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0, console=N
     size = config.resnet.input_size
     frame = config.simulate.image_size
     channels = tuple(config.resnet.input_channels)
-    backbone = build_backbone(size, config.resnet.width_multiplier, len(channels))
+    backbone = build_backbone(size, config.resnet.width_multiplier, len(channels), blocks=config.resnet.blocks)
     rng = np.random.default_rng(0)
     counts = tf.constant(rng.gamma(1.0, 200.0, size=(images, frame, frame)).astype(np.float32))
     crops = tf.constant(rng.random((NUM_CROPS * images, size, size, len(channels)), dtype=np.float32))

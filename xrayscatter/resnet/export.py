@@ -29,7 +29,7 @@ import tensorflow as tf
 from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.resnet.data import inputs_from_counts
 from xrayscatter.resnet.features import fifteen_crop_features, fifteen_crop_scales, plain_features
-from xrayscatter.resnet.model import attribute_probabilities, feature_size
+from xrayscatter.resnet.model import attribute_probabilities, feature_size, layout_name
 from xrayscatter.saved_model import KerasExport
 
 SIGNATURES = {
@@ -78,11 +78,12 @@ class ResNetExport(KerasExport):
             if self.settings.profile_bins:
                 heads += f", radial-profile branch ({self.settings.profile_bins} log-spaced rings about that centre)"
         return {
-            "architecture": f"ResNet-50 (keras.applications layout), {len(self.channels)} input channel(s), {heads}",
+            "architecture": f"{layout_name(self.settings.blocks)} (keras.applications layout), {len(self.channels)} input channel(s), {heads}",
             "attributes": list(ATTRIBUTES),
             "input_size": size,
             "input_channels": list(self.channels),
             "width_multiplier": self.config.resnet.width_multiplier,
+            "blocks": list(self.settings.blocks),
             "feature_size": feature_size(self.config.resnet.width_multiplier),
             "preprocessing": "normalise, pad to a centred square (missing), bilinear antialiased resize, input "
                              "channels (xrayscatter/normalization.py)",

@@ -14,6 +14,9 @@ input_shape=(S, S, 1))``: the same layers, names, shapes and parameter count (th
 check it). It is re-built here rather than called because the CPU default needs a
 narrower network: ``width_multiplier`` scales every convolution's filter count and
 keeps the block layout (3, 4, 6, 3 bottlenecks), so the network stays a ResNet-50.
+``blocks`` changes the number of bottlenecks per stage; only the smoke pipeline, which the tests
+train dozens of times, uses fewer (1, 1, 1, 1): the same code path at a quarter of the layers,
+and a quarter of the time Keras spends tracing the training graph (half the time of a smoke run).
 """
 
 from __future__ import annotations
@@ -26,13 +29,24 @@ from keras import layers
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
 
-# Bottleneck widths and block counts of ResNet-50 (He et al. 2016, Table 1).
-STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2), ("conv5", 512, 3, 2))
+# Bottleneck widths, strides and block counts of ResNet-50 (He et al. 2016, Table 1).
+STAGES = (("conv2", 64, 1), ("conv3", 128, 2), ("conv4", 256, 2), ("conv5", 512, 2))
+RESNET50_BLOCKS = (3, 4, 6, 3)
 STEM_FILTERS = 64
 EXPANSION = 4  # a bottleneck's output has 4× its inner width
 BN_EPSILON = 1.001e-5  # as keras.applications.resnet
 BACKBONE_NAME = "resnet50"  # the backbone's layer name inside the classifier
-BEAM_MAP_LAYER = "conv3_block4_out"  # stride 8: 16 × 16 cells at 128 px, where the beam-centre heatmap is read
+
+
+def beam_map_layer(blocks=RESNET50_BLOCKS) -> str:
+    """The stride-8 map (the last conv3 block's output: 16 × 16 cells at 128 px) that the beam-centre heatmap reads."""
+    return f"conv3_block{blocks[1]}_out"
+
+
+def layout_name(blocks=RESNET50_BLOCKS) -> str:
+    """How reports and SavedModel metadata name the block layout: "ResNet-50" or e.g. "ResNet 1-1-1-1"."""
+    blocks = tuple(blocks)
+    return "ResNet-50" if blocks == RESNET50_BLOCKS else "ResNet " + "-".join(map(str, blocks))
 
 
 def scaled(filters: int, width_multiplier: float) -> int:
@@ -65,13 +79,14 @@ def _bottleneck(x, filters: int, stride: int, conv_shortcut: bool, name: str):
 
 
 def build_backbone(input_size: int, width_multiplier: float = 1.0, channels: int = 1,
-                   name: str = BACKBONE_NAME) -> keras.Model:
+                   name: str = BACKBONE_NAME, blocks=RESNET50_BLOCKS) -> keras.Model:
     """The ResNet-50 feature extractor.
 
     Args:
         input_size: S, the side of the square input (px), ≥ 32.
         width_multiplier: scales every layer's filter count; 1.0 is ResNet-50.
         channels: input channels (1 for detector images).
+        blocks: bottlenecks in conv2_x … conv5_x; (3, 4, 6, 3) is ResNet-50.
 
     Returns:
         A functional model: (B, S, S, channels) float32 normalised image →
@@ -81,6 +96,8 @@ def build_backbone(input_size: int, width_multiplier: float = 1.0, channels: int
         raise ValueError(f"input_size must be ≥ 32. Received: input_size={input_size}")
     if width_multiplier <= 0:
         raise ValueError(f"width_multiplier must be > 0. Received: width_multiplier={width_multiplier}")
+    if len(blocks) != len(STAGES) or min(blocks) < 1:
+        raise ValueError(f"blocks must be {len(STAGES)} counts ≥ 1 (conv2_x … conv5_x). Received: blocks={blocks}")
     inputs = keras.Input((input_size, input_size, channels), name="image")
     x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(inputs)
     x = layers.Conv2D(scaled(STEM_FILTERS, width_multiplier), 7, strides=2, name="conv1_conv")(x)
@@ -88,10 +105,10 @@ def build_backbone(input_size: int, width_multiplier: float = 1.0, channels: int
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
-    for stage, filters, blocks, stride in STAGES:
+    for (stage, filters, stride), count in zip(STAGES, blocks):
         width = scaled(filters, width_multiplier)
         x = _bottleneck(x, width, stride, conv_shortcut=True, name=f"{stage}_block1")
-        for i in range(2, blocks + 1):
+        for i in range(2, count + 1):
             x = _bottleneck(x, width, 1, conv_shortcut=False, name=f"{stage}_block{i}")
     features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return keras.Model(inputs, features, name=name)
@@ -299,7 +316,7 @@ class RefinedCentre(layers.Layer):
 def build_network(input_size: int, width_multiplier: float, channels: int, *, beam_head: bool = False,
                   detail_size: int = 0, detail_crop: int = 64, detail_window: float = 0.25,
                   profile_bins: int = 0, beam_refine: bool = False,
-                  num_attributes: int = NUM_ATTRIBUTES) -> keras.Model:
+                  num_attributes: int = NUM_ATTRIBUTES, blocks=RESNET50_BLOCKS) -> keras.Model:
     """The tagging network: the ResNet-50 backbone, optionally with a beam-centre head and a beam-region branch.
 
     Without either it is :func:`build_classifier`. With them::
@@ -334,10 +351,10 @@ def build_network(input_size: int, width_multiplier: float, channels: int, *, be
     if detail_size and not beam_head:
         raise ValueError("the detail branch needs the beam head (it looks around the estimated beam centre). "
                          f"Received: detail_size={detail_size}, beam_head={beam_head}")
-    backbone = build_backbone(input_size, width_multiplier, channels)
+    backbone = build_backbone(input_size, width_multiplier, channels, blocks=blocks)
     if not beam_head:
         return build_classifier(backbone, num_attributes)
-    trunk = keras.Model(backbone.input, [backbone.output, backbone.get_layer(BEAM_MAP_LAYER).output],
+    trunk = keras.Model(backbone.input, [backbone.output, backbone.get_layer(beam_map_layer(blocks)).output],
                         name=BACKBONE_NAME)
     image = keras.Input((input_size, input_size, channels), name="image")
     features, beam_map = trunk(image)

@@ -18,7 +18,7 @@ from xrayscatter.dataset import naming_bad_shards, shard_paths
 from xrayscatter.files import write_atomically
 from xrayscatter.metrics import HOLDOUT_AP_RULE, mean_average_precision
 from xrayscatter.resnet.data import make_beam_dataset, make_dataset, make_label_dataset
-from xrayscatter.resnet.model import attribute_probabilities
+from xrayscatter.resnet.model import attribute_probabilities, layout_name
 
 PAPER_HOLDOUT_MAP = 77.1  # Wang et al., WACV 2017, Table 3: ResNet-50 on the synthetic hold-out
 
@@ -103,7 +103,7 @@ def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict
     lines = [
         f"# ResNet hold-out AP — pipeline `{config.name}`",
         "",
-        f"Test split: {len(labels)} images. Network: ResNet-50 layout, input {config.resnet.input_size} px, "
+        f"Test split: {len(labels)} images. Network: {layout_name(config.resnet.blocks)} layout, input {config.resnet.input_size} px, "
         f"width × {config.resnet.width_multiplier:g}. mAP over the {int(present.sum())} attributes whose test "
         "labels hold both positives and negatives.",
         "",

@@ -128,7 +128,7 @@ class ResNetTask(Task):
                              beam_head=self.beam_head, detail_size=settings.detail_size if self.beam_head else 0,
                              detail_crop=settings.detail_crop, detail_window=settings.detail_window,
                              profile_bins=settings.profile_bins if self.beam_head else 0,
-                             beam_refine=self.beam_refine)
+                             beam_refine=self.beam_refine, blocks=settings.blocks)
 
     @property
     def precision_policy(self) -> str:
