@@ -42,8 +42,12 @@ def smoke_dataset(smoke_config):
 _MULTIPROCESS_FILES = {"test_distribute_loop", "test_distribute_data_service", "test_train"}
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist, one scheduling group per test file (and one for all multi-process files)."""
+    """Under pytest-xdist, one scheduling group per test file (and one for all multi-process files).
+
+    First among the hooks: pytest-xdist's own reads the groups to give each test its ``@group`` node-id
+    suffix, and ran before this one without ``tryfirst`` (tests/test_xdist_groups.py checks the suffix)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:

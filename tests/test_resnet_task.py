@@ -269,6 +269,7 @@ def test_the_papers_network_trains_exports_and_predicts(smoke_dataset, tmp_path)
     metadata = json.loads((saved / "assets.extra" / "metadata.json").read_text())
     assert metadata["input_channels"] == ["log"] and "beam_centre" not in metadata["signatures"]
     assert "1 input channel(s), sigmoid head" in metadata["architecture"]
+    assert metadata["architecture"].startswith("ResNet-50 ") and metadata["blocks"] == [3, 4, 6, 3]
     _check_thresholds(config, result, metadata)
     report = json.loads(Path(result["report_json"]).read_text())
     assert any(report["attributes"][name]["rule"] == "default" for name in ATTRIBUTES)  # raised to the floor
