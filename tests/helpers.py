@@ -104,13 +104,12 @@ def write_pipeline(config, path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- tiny SavedModels
 def paper_network(config):
-    """``config`` with the paper's network: the ResNet-50 block layout, one input channel (log counts),
-    attribute outputs only (no beam-centre head, no beam-region branch)."""
+    """``config`` with the paper's inputs and outputs: one input channel (log counts), attribute outputs only
+    (no beam-centre head, no beam-region branch). The depth stays ``config``'s (the smoke pipeline's: one block
+    per stage); the test that trains the paper's network sets ResNet-50's."""
     from xrayscatter.config import replace
-    from xrayscatter.resnet.model import RESNET50_BLOCKS
 
-    return replace(config, "resnet", blocks=RESNET50_BLOCKS, input_channels=("log",), beam_centre_weight=0.0,
-                   detail_size=0)
+    return replace(config, "resnet", input_channels=("log",), beam_centre_weight=0.0, detail_size=0)
 
 
 def tiny_resnet_config(paper: bool = False, **changes):
