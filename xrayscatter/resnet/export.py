@@ -78,7 +78,8 @@ class ResNetExport(KerasExport):
             if self.settings.profile_bins:
                 heads += f", radial-profile branch ({self.settings.profile_bins} log-spaced rings about that centre)"
         return {
-            "architecture": f"{layout_name(self.settings.blocks)} (keras.applications layout), {len(self.channels)} input channel(s), {heads}",
+            "architecture": f"{layout_name(self.settings.blocks)} (keras.applications layout), "
+                            f"{len(self.channels)} input channel(s), {heads}",
             "attributes": list(ATTRIBUTES),
             "input_size": size,
             "input_channels": list(self.channels),

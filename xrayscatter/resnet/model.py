@@ -15,8 +15,8 @@ check it). It is re-built here rather than called because the CPU default needs 
 narrower network: ``width_multiplier`` scales every convolution's filter count and
 keeps the block layout (3, 4, 6, 3 bottlenecks), so the network stays a ResNet-50.
 ``blocks`` changes the number of bottlenecks per stage; only the smoke pipeline, which the tests
-train dozens of times, uses fewer (1, 1, 1, 1): the same code path at a quarter of the layers,
-and a quarter of the time Keras spends tracing the training graph (half the time of a smoke run).
+train dozens of times, uses fewer (1, 1, 1, 1): the same code path with 4 bottlenecks instead of
+16, so far less graph for Keras to trace (a smoke training run: 57 s instead of 104 s on 2 cores).
 """
 
 from __future__ import annotations

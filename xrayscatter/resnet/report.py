@@ -103,7 +103,8 @@ def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict
     lines = [
         f"# ResNet hold-out AP — pipeline `{config.name}`",
         "",
-        f"Test split: {len(labels)} images. Network: {layout_name(config.resnet.blocks)} layout, input {config.resnet.input_size} px, "
+        f"Test split: {len(labels)} images. Network: {layout_name(config.resnet.blocks)} layout, "
+        f"input {config.resnet.input_size} px, "
         f"width × {config.resnet.width_multiplier:g}. mAP over the {int(present.sum())} attributes whose test "
         "labels hold both positives and negatives.",
         "",
