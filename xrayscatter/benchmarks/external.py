@@ -1858,18 +1858,12 @@ def breakdown(truth: list[dict], scores: dict[str, dict[str, float]], by: str = 
         None}), ``mean_auc`` (None if nothing scores), ``attributes_scored``, ``mean_auc_common``, ``lowest``
         ((attribute, AUC) or None).
     """
-    from sklearn.metrics import roc_auc_score
-
     values = list(dict.fromkeys(str(row.get(by)) for row in truth))
     rows = []
     for value in values:
         subset = [row for row in truth if str(row.get(by)) == value]
-        auc = {}
-        for attribute in ATTRIBUTES:
-            _, y, s = known_labels(subset, scores, attribute)
-            positives = int(y.sum())
-            auc[attribute] = (float(roc_auc_score(y, s)) if min(positives, len(y) - positives) >= min_class
-                              else None)
+        auc = {r["attribute"]: r["auc"] if min(r["positives"], r["negatives"]) >= min_class else None
+               for r in score_attributes(subset, scores)}
         scored = {a: v for a, v in auc.items() if v is not None}
         rows.append({"value": value, "files": len(subset), "auc": auc,
                      "mean_auc": float(np.mean(list(scored.values()))) if scored else None,
