@@ -419,10 +419,12 @@ def test_bench_external_tags_the_set_and_writes_results(external_set, tmp_path_f
     # how far another draw of as many files would move the figures: an interval beside each AUC and the means
     assert all(r["auc_interval"][0] <= r["auc_interval"][1] for r in scored if r["auc_interval"] is not None)
     assert results["interval_level"] == 0.9 and "interval" in (folder / "results.md").read_text()
-    # against a baseline: the same model compared with itself differs by nothing, in every resample
-    again = bench_external(model=model, folder=folder, per_group=1, seed=SEED, baseline=model)
+    # against a baseline: the same model compared with itself differs by nothing, in every resample (here both
+    # with their probabilities averaged over four views)
+    again = bench_external(model=model, folder=folder, per_group=1, seed=SEED, baseline=model, views=4)
     assert again["against"]["mean_auc"] == pytest.approx(again["mean_auc"])
     assert again["against"]["difference"]["mean_auc"] == 0.0
+    assert summary["views"] == 1 and again["views"] == 4 and "averaged over 4 views" in (folder / "results.md").read_text()
     assert "## Against" in (folder / "results.md").read_text()
     assert "| attribute | positives |" in (folder / "results.md").read_text()
     # the same scores per detector format, in results.json and results.md

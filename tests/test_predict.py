@@ -17,7 +17,8 @@ from helpers import shared_saved_models
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.cli import main
 from xrayscatter.errors import XrayscatterError
-from xrayscatter.predict import ImageResult, TaggingModel, default_model, predict_directory, resolve_model_dir
+from xrayscatter.predict import (ImageResult, TaggingModel, default_model, dihedral_views, predict_directory,
+                                 resolve_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,52 @@ def test_all_files_read_exit_0(tmp_path, resnet_dir, capsys):
     code, out, err = run_cli(["predict", str(tmp_path / "images"), "--model", str(resnet_dir)], capsys)
     assert code == 0, err
     assert "pilatus_0002.cbf" in out and "7 tagged, 0 failed" in out
+
+
+def test_dihedral_views_are_the_flips_then_their_transposes():
+    counts = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    assert [len(g) for g in dihedral_views(counts, 1)] == [1]
+    assert [len(g) for g in dihedral_views(counts, 4)] == [4]
+    flips, turned = dihedral_views(counts, 8)
+    assert [v.shape for v in flips] == [(2, 3, 5)] * 4 and [v.shape for v in turned] == [(2, 5, 3)] * 4
+    np.testing.assert_array_equal(flips[1], counts[:, :, ::-1])
+    np.testing.assert_array_equal(flips[3], np.rot90(counts, 2, axes=(1, 2)))
+    # the eight are the eight symmetries of the square: no two alike on a frame without symmetry
+    square = np.random.default_rng(0).random((1, 4, 4))
+    views = [v.tobytes() for group in dihedral_views(square, 8) for v in group]
+    assert len(set(views)) == 8
+
+
+@pytest.mark.parametrize("views", [4, 8])
+def test_views_average_the_probabilities_of_the_flipped_frames(resnet_dir, tagging_model, views):
+    counts = np.random.default_rng(1).poisson(30.0, (2, 40, 56)).astype(np.float32)
+    counts[:, 10:14, :] = -1  # a module gap, missing in every view
+    averaged = TaggingModel(resnet_dir, views=views)
+
+    scores, decisions, beam = averaged.tag(counts)
+
+    each = [tagging_model.tag(view)[0] for group in dihedral_views(counts, views) for view in group]
+    np.testing.assert_allclose(scores, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(decisions, (scores >= averaged.thresholds).astype(np.int32))
+    np.testing.assert_allclose(beam, tagging_model.tag(counts)[2], rtol=1e-5, atol=1e-4)  # the plain frame's
+    np.testing.assert_allclose(averaged(counts)[0], scores, rtol=1e-5, atol=1e-6)  # serving_default alike
+
+
+def test_views_from_the_command_line_and_a_bad_count_named(tmp_path, resnet_dir, capsys):
+    folder = tmp_path / "images"
+    good = write_good_files(folder)
+    output = tmp_path / "tags.jsonl"
+    code, out, err = run_cli(["predict", str(folder), "--model", str(resnet_dir), "--views", "4", "--output",
+                              str(output)], capsys)
+    assert code == 0, err
+    averaged = TaggingModel(resnet_dir, views=4)
+    records = {r["file"]: r for r in map(json.loads, output.read_text().splitlines())}
+    name, counts = next(iter(good.items()))
+    got = np.array([records[str(folder / name)]["probabilities"][a] for a in ATTRIBUTES], np.float32)
+    np.testing.assert_allclose(got, averaged.tag(counts[None])[0][0], rtol=1e-5, atol=1e-6)
+
+    code, out, err = run_cli(["predict", str(folder), "--model", str(resnet_dir), "--views", "3"], capsys)
+    assert code == 2 and "--views must be one of 1, 4, 8, got 3" in out + err
 
 
 def _version(folder, comparison: dict | None = None) -> None:

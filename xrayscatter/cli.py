@@ -148,6 +148,11 @@ H5PathOption = typer.Option(
                             "layout, the NeXus default plot or the file's only image data set).")
 
 
+ViewsOption = typer.Option(
+    1, "--views", help="Average each frame's probabilities over 1, 4 (flips) or 8 (flips and quarter turns) views: "
+                       "that many forward passes, more accurate tags (README, 'Test-time views').")
+
+
 @app.command("predict")
 def predict_command(
     inputs: List[str] = typer.Argument(
@@ -161,13 +166,15 @@ def predict_command(
     h5_path: Optional[str] = H5PathOption,
     html: Optional[Path] = typer.Option(
         None, "--html", help="Also write a self-contained contact sheet: a thumbnail per frame with its tags."),
+    views: int = ViewsOption,
 ):
     """Tag every frame of every detector file given (folders are listed). Exit code 0: all read; 1: some files or
     frames failed; 2: nothing done."""
     from xrayscatter.predict import predict_directory
 
     failures = predict_directory(inputs, model=model, output=output, recursive=recursive,
-                                 glob=glob, batch_size=batch_size, h5_path=h5_path, html=html)
+                                 glob=glob, batch_size=batch_size, h5_path=h5_path, html=html,
+                                 views=views)
     raise typer.Exit(code=1 if failures else 0)
 
 
@@ -230,11 +237,13 @@ def bench_external_command(
     workers: int = typer.Option(2, "--workers", help="Processes writing the files."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="A second SavedModel: the differences "
                                             "(model − baseline) on the same files, with paired intervals."),
+    views: int = ViewsOption,
 ):
     """A model on files from another physics code (sasmodels), detectors and formats: ROC AUC and AP per attribute."""
     from xrayscatter.benchmarks.external import bench_external
 
-    bench_external(model=model, folder=folder, per_group=per_group, seed=seed, workers=workers, baseline=baseline)
+    bench_external(model=model, folder=folder, per_group=per_group, seed=seed, workers=workers, baseline=baseline,
+                   views=views)
 
 
 PAPER_PIPELINE = "pipelines/paper.toml"

@@ -1904,7 +1904,9 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def _markdown(summary: dict) -> str:
-    lines = [f"# bench external: {summary['files']} sasmodels files tagged by `{summary['model']}`", "",
+    views = summary.get("views", 1)
+    averaged = f", probabilities averaged over {views} views of each file" if views > 1 else ""
+    lines = [f"# bench external: {summary['files']} sasmodels files tagged by `{summary['model']}`{averaged}", "",
              f"Set `{summary['definition']['hash']}` (seed {summary['definition']['seed']}, "
              f"{summary['definition']['per_group']} per group, {len(summary['definition']['groups'])} groups). "
              "Unknown labels are left out of each attribute's ROC AUC and AP.", "",
@@ -1997,7 +1999,8 @@ def _interval(bounds):
 
 def bench_external(model: str | Path | None = None, folder: str | Path | None = None,
                    per_group: int = DEFAULT_PER_GROUP, seed: int = DEFAULT_SEED, workers: int = 2,
-                   groups: list[str] | None = None, baseline: str | Path | None = None) -> dict:
+                   groups: list[str] | None = None, baseline: str | Path | None = None,
+                   views: int = 1) -> dict:
     """Write (or reuse) the sasmodels set, tag it with ``predict``'s code path, report ROC AUC and AP per attribute.
 
     Args:
@@ -2010,6 +2013,8 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
         groups: a subset of ``GROUPS`` (default all).
         baseline: a second SavedModel to compare with on the same files: the difference (model − baseline)
             of each AUC, of the mean AUC and of the mAP, with paired bootstrap intervals (``summary["against"]``).
+        views: the models' probabilities averaged over 1, 4 or 8 flipped and turned views of each file
+            (:func:`xrayscatter.predict.dihedral_views`), for both models.
 
     Returns:
         dict with ``model``, ``folder``, ``files``, ``mean_auc``, ``map``, ``attributes`` (one dict
@@ -2036,7 +2041,7 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
     from xrayscatter.predict import TaggingModel, resolve_model_dir, run_predictions
 
     def tag(model_dir):
-        tagging_model = TaggingModel(resolve_model_dir(model_dir))
+        tagging_model = TaggingModel(resolve_model_dir(model_dir), views)
         results = run_predictions(tagging_model, [folder / row["file"] for row in truth], show_progress=True)
         failed = [r for r in results if r.error is not None]
         if failed:
@@ -2052,7 +2057,7 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
     for row in rows:
         row["auc_interval"] = intervals["auc"][row["attribute"]] if row["auc"] is not None else None
     beams = {r.path.name: r.beam_xy for r in results if r.beam_xy is not None}
-    summary = {"model": str(tagging_model.path), "folder": str(folder), "files": len(truth),
+    summary = {"model": str(tagging_model.path), "views": views, "folder": str(folder), "files": len(truth),
                "definition": wanted, "generation_seconds": generation_seconds, "seconds": seconds,
                **summarise(rows), "mean_auc_interval": intervals["mean_auc"], "map_interval": intervals["map"],
                "interval_level": intervals["level"], "attributes": rows,
