@@ -13,7 +13,7 @@ from detector_samples import write_bad_files, write_good_files
 
 # Files write_bad_files makes that read_detector_image rejects as "multi-frame" and predict tags frame by frame.
 MULTI_FRAME_BAD_FILES = {"stack.tif": 3, "two_frames.edf": 2, "stack.npy": 5}
-from helpers import shared_saved_models
+from helpers import export_tiny_resnet, shared_saved_models, tiny_resnet_config
 from xrayscatter.attributes import ATTRIBUTES, slug
 from xrayscatter.cli import main
 from xrayscatter.errors import XrayscatterError
@@ -197,6 +197,35 @@ def test_views_average_the_probabilities_of_the_flipped_frames(resnet_dir, taggi
     np.testing.assert_array_equal(decisions, (scores >= averaged.thresholds).astype(np.int32))
     np.testing.assert_allclose(beam, tagging_model.tag(counts)[2], rtol=1e-5, atol=1e-4)  # the plain frame's
     np.testing.assert_allclose(averaged(counts)[0], scores, rtol=1e-5, atol=1e-6)  # serving_default alike
+
+
+@pytest.fixture(scope="module")
+def four_view_dir(tmp_path_factory):
+    """A tiny ResNet exported with ``resnet.views = 4``: it averages the four views inside its graph."""
+    return export_tiny_resnet(tmp_path_factory.mktemp("views") / "resnet", tiny_resnet_config(views=4),
+                              trained_statistics=True)
+
+
+def test_a_model_exported_with_views_averages_them_in_its_graph(four_view_dir):
+    counts = np.random.default_rng(2).poisson(30.0, (2, 40, 56)).astype(np.float32)
+    counts[:, :, 20:24] = -1  # a module gap
+    model = TaggingModel(four_view_dir)
+    one = TaggingModel(four_view_dir, views=1)  # the model's one_view signature
+    assert model.views == model.model_views == 4 and one.views == 1
+
+    scores, decisions, beam = model.tag(counts)
+
+    # the graph's views (of the resized inputs) give what the four flipped frames give one by one
+    each = [one.tag(view)[0] for group in dihedral_views(counts, 4) for view in group]
+    assert np.ptp(each, axis=0).max() > 1e-4  # the views differ: the average is not trivially any one of them
+    np.testing.assert_allclose(scores, np.mean(each, axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(decisions, (scores >= model.thresholds).astype(np.int32))
+    np.testing.assert_allclose(beam, one.tag(counts)[2], rtol=1e-4, atol=1e-3)  # the frame's own centre
+    np.testing.assert_allclose(model(counts)[0], scores, rtol=1e-5, atol=1e-6)  # serving_default alike
+    # more views than the graph's: averaged here, over its one-view signature
+    eight = [one.tag(view)[0] for group in dihedral_views(counts, 8) for view in group]
+    np.testing.assert_allclose(TaggingModel(four_view_dir, views=8).tag(counts)[0], np.mean(eight, axis=0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_views_from_the_command_line_and_a_bad_count_named(tmp_path, resnet_dir, capsys):

@@ -19,7 +19,7 @@ from xrayscatter.attributes import ATTRIBUTES, NUM_ATTRIBUTES, slug
 from xrayscatter.config import replace
 from xrayscatter.dataset import shard_paths
 from xrayscatter.errors import XrayscatterError
-from xrayscatter.predict import TaggingModel, predict_directory
+from xrayscatter.predict import TaggingModel, dihedral_views, predict_directory
 from xrayscatter.resnet.data import make_beam_dataset
 from xrayscatter.resnet.model import RESNET50_BLOCKS
 from xrayscatter.resnet.task import ResNetTask, beam_centre_error, learning_rate_schedule, summed_binary_crossentropy
@@ -262,7 +262,8 @@ def test_the_papers_network_trains_exports_and_predicts(smoke_dataset, tmp_path)
     """One channel, attribute outputs only, ResNet-50's 3-4-6-3 blocks: the first models' network (the only test
     that trains the full depth), still a configuration that works."""
     config = redirect(replace(paper_network(smoke_dataset), "resnet", blocks=RESNET50_BLOCKS, epochs=1,
-                              steps_per_epoch=2, threshold_floor=0.6), tmp_path)  # a floor above the 0.5 default
+                              steps_per_epoch=2, threshold_floor=0.6,  # a floor above the 0.5 default
+                              views=4), tmp_path)  # and test-time views in the graph (the default network's: 1)
 
     result = train("resnet", config, progress=False)
 
@@ -272,10 +273,17 @@ def test_the_papers_network_trains_exports_and_predicts(smoke_dataset, tmp_path)
     assert metadata["input_channels"] == ["log"] and "beam_centre" not in metadata["signatures"]
     assert "1 input channel(s), sigmoid head" in metadata["architecture"]
     assert metadata["architecture"].startswith("ResNet-50 ") and metadata["blocks"] == [3, 4, 6, 3]
+    assert metadata["views"] == metadata["holdout"]["views"] == 4 and "one_view" in metadata["signatures"]
+    assert "averaged over 4 flipped and turned views" in Path(result["report_md"]).read_text()
     _check_thresholds(config, result, metadata)
     report = json.loads(Path(result["report_json"]).read_text())
     assert any(report["attributes"][name]["rule"] == "default" for name in ATTRIBUTES)  # raised to the floor
     _check_predictions(saved, tmp_path, beam_centre=False)
+    # the graph's four views of a frame give what its four flips give through the one-view signature
+    frame = np.random.default_rng(0).poisson(20.0, (1, 64, 64)).astype(np.float32)
+    one = TaggingModel(saved, views=1)
+    each = [one(view)[0] for group in dihedral_views(frame, 4) for view in group]
+    np.testing.assert_allclose(TaggingModel(saved)(frame)[0], np.mean(each, axis=0), rtol=1e-4, atol=1e-5)
 
 
 def test_truncated_shard_is_named_before_training_starts(smoke_dataset, tmp_path):

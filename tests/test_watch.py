@@ -16,6 +16,7 @@ import pytest
 
 from helpers import ENV, REPO, kill_when, shared_saved_models
 from xrayscatter.attributes import ATTRIBUTES
+from xrayscatter.errors import XrayscatterError
 from xrayscatter.predict import TaggingModel
 from xrayscatter.readers import read_detector_image
 from xrayscatter.watch import FolderWatch, read_previous_output
@@ -207,6 +208,15 @@ def test_killed_and_restarted_watch_neither_duplicates_nor_loses_a_line(tmp_path
     assert records[:len(before)] == before  # what was written before the kill is kept as it was
     assert f"{len(before)} line(s) there already" in out and "cut a half-written last line" in out
     assert "stopped:" in out and "Traceback" not in err
+
+
+def test_watch_averages_the_views_asked_for(tmp_path, resnet_dir):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert FolderWatch(folder, resnet_dir, quiet=True).model.views == 1  # the model's own (exported with 1)
+    assert FolderWatch(folder, resnet_dir, quiet=True, views=4).model.views == 4
+    with pytest.raises(XrayscatterError, match="--views must be one of 1, 4, 8, got 2"):
+        FolderWatch(folder, resnet_dir, quiet=True, views=2)
 
 
 def test_read_previous_output_keeps_whole_lines_and_frames(tmp_path):

@@ -149,8 +149,9 @@ H5PathOption = typer.Option(
 
 
 ViewsOption = typer.Option(
-    1, "--views", help="Average each frame's probabilities over 1, 4 (flips) or 8 (flips and quarter turns) views: "
-                       "that many forward passes, more accurate tags (README, 'Test-time views').")
+    None, "--views", help="Average each frame's probabilities over 1, 4 (flips) or 8 (flips and quarter turns) views: "
+                          "that many forward passes, more accurate tags (README, 'Test-time views'). Default: the "
+                          "views the model was exported with (resnet.views).")
 
 
 @app.command("predict")
@@ -166,7 +167,7 @@ def predict_command(
     h5_path: Optional[str] = H5PathOption,
     html: Optional[Path] = typer.Option(
         None, "--html", help="Also write a self-contained contact sheet: a thumbnail per frame with its tags."),
-    views: int = ViewsOption,
+    views: Optional[int] = ViewsOption,
 ):
     """Tag every frame of every detector file given (folders are listed). Exit code 0: all read; 1: some files or
     frames failed; 2: nothing done."""
@@ -197,12 +198,13 @@ def watch_command(
     settle: float = typer.Option(
         1.0, "--settle", help="Seconds a file must stay unchanged to count as complete when no close event says so."),
     batch_size: int = typer.Option(16, "--batch-size", help="At most this many frames per forward pass."),
+    views: Optional[int] = ViewsOption,
 ):
     """Tag every new frame in DIRECTORY as it is written, until Ctrl-C: one printed line and one output line per frame."""
     from xrayscatter.watch import watch_directory
 
     watch_directory(directory, model=model, output=output, port=port, html=html, recursive=recursive, glob=glob,
-                    h5_path=h5_path, poll=poll, settle=settle, batch_size=batch_size)
+                    h5_path=h5_path, poll=poll, settle=settle, batch_size=batch_size, views=views)
 
 
 @app.command("serve-request")
@@ -237,7 +239,7 @@ def bench_external_command(
     workers: int = typer.Option(2, "--workers", help="Processes writing the files."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="A second SavedModel: the differences "
                                             "(model − baseline) on the same files, with paired intervals."),
-    views: int = ViewsOption,
+    views: Optional[int] = ViewsOption,
 ):
     """A model on files from another physics code (sasmodels), detectors and formats: ROC AUC and AP per attribute."""
     from xrayscatter.benchmarks.external import bench_external

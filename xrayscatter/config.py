@@ -24,6 +24,8 @@ from pathlib import Path
 
 from xrayscatter.errors import XrayscatterError
 
+VIEW_COUNTS = (1, 4, 8)  # test-time views a ResNet can average over (resnet/views.py, predict.dihedral_views)
+
 # The input channels a network can be given (what each is: xrayscatter/normalization.py).
 INPUT_CHANNELS = ("log", "filled", "contrast", "valid")
 
@@ -151,6 +153,10 @@ class ResNetConfig:
     # precision reaches threshold_precision (else the best-F1 one above the floor).
     threshold_precision: float = 0.8
     threshold_floor: float = 0.3
+    # Test-time views the exported model averages its probabilities over (1, 4 or 8: the frame, its
+    # flips and 180° turn, and their transposes; resnet/views.py): its thresholds and hold-out report
+    # are made on the same averaged probabilities. Each view costs one forward pass.
+    views: int = 1
     output_dir: str = "saved_models/resnet"
     log_dir: str = "logs/resnet"
 
@@ -174,6 +180,7 @@ class ResNetConfig:
         _check(self.batch_norm_images >= 0, where, "resnet.batch_norm_images", "must be ≥ 0")
         _check(0 < self.threshold_precision <= 1, where, "resnet.threshold_precision", "must be in (0, 1]")
         _check(0 <= self.threshold_floor < 1, where, "resnet.threshold_floor", "must be in [0, 1)")
+        _check(self.views in VIEW_COUNTS, where, "resnet.views", f"must be one of {', '.join(map(str, VIEW_COUNTS))}")
         _check(0 < self.averaging_momentum < 1, where, "resnet.averaging_momentum", "must be in (0, 1)")
         _check(0 < self.width_multiplier <= 4, where, "resnet.width_multiplier", "must be in (0, 4]")
         _check(len(self.blocks) == 4 and min(self.blocks) >= 1, where, "resnet.blocks",

@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from xrayscatter.attributes import ATTRIBUTES, slug
+from xrayscatter.config import VIEW_COUNTS
 from xrayscatter.errors import XrayscatterError
 from xrayscatter.files import progress_bar, write_atomically
 from xrayscatter.readers import (FrameSource, UnreadableImageError, drop_linked_data_files, list_input_files,
@@ -133,14 +134,20 @@ class TaggingModel:
             exported since the ``tag`` signature give both from one forward pass).
         views: the probabilities are averaged over this many views of each frame (1, 4 or 8; see
             :func:`dihedral_views`); the beam centre is the plain frame's. ResNet models only.
+        model_views: the views the SavedModel itself averages over (metadata ``views``, set at export by
+            ``resnet.views``; 1 for older models and attribute models), in one forward pass of its graph.
+
+    Args:
+        views: None → the model's own ``model_views``. Another count is averaged here, over forward passes of
+            the model's one-view signature (``one_view``; ``serving_default`` and ``tag`` when the model itself
+            averages none).
     """
 
-    def __init__(self, path: str | Path, views: int = 1):
+    def __init__(self, path: str | Path, views: int | None = None):
         from xrayscatter.tf_runtime import import_tensorflow
 
-        if views not in VIEW_COUNTS:
+        if views is not None and views not in VIEW_COUNTS:
             raise XrayscatterError(f"--views must be one of {', '.join(map(str, VIEW_COUNTS))}, got {views}")
-        self.views = views
 
         tf = import_tensorflow()
         self.path = Path(path)
@@ -165,23 +172,34 @@ class TaggingModel:
             raise XrayscatterError(f"{self.path}: 'serving_default' outputs {sorted(outputs)}, expected "
                                    "'probabilities' or 'scores'")
         self._decision_key = "decisions" if "decisions" in outputs else None
-        if views > 1 and self._score_key != "probabilities":
+        self.model_views = int(metadata.get("views", 1)) if self._score_key == "probabilities" else 1
+        self.views = self.model_views if views is None else views
+        if self.views > 1 and self._score_key != "probabilities":
             raise XrayscatterError(f"{self.path}: --views needs a ResNet model (probabilities); this one outputs "
                                    f"{self.score_name}s with its own decisions")
-        self._signature = signature
+        self._beam_signature = self._loaded.signatures.get("beam_centre")
+        self._signature, self._tag_signature = signature, self._loaded.signatures.get("tag")
+        self._views_here = 1  # views averaged here, over calls of the signatures above
+        if self.views != self.model_views:
+            self._views_here = self.views
+            if self.model_views > 1:  # the model's graph averages views: take its one-view signature
+                one_view = self._loaded.signatures.get("one_view")
+                if one_view is None:
+                    raise XrayscatterError(f"{self.path}: the model averages {self.model_views} views and has no "
+                                           f"'one_view' signature, so --views {self.views} cannot be given")
+                self._signature = one_view
+                self._tag_signature = one_view if "beam_centre" in one_view.structured_outputs else None
         num_attributes = int(outputs[self._score_key].shape[-1])
         self.attributes = _attribute_names(metadata, num_attributes, self.path)
         self.thresholds = _thresholds(metadata, self.attributes, self.path)
         self.input_size = metadata.get("input_size")
-        self._beam_signature = self._loaded.signatures.get("beam_centre")
-        self._tag_signature = self._loaded.signatures.get("tag")
         self.has_beam_centre = self._beam_signature is not None
 
     def __call__(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, H, W) float32 counts → scores (B, A) float32 and decisions (B, A) int32 0/1."""
         import tensorflow as tf
 
-        if self.views > 1:
+        if self._views_here > 1:
             scores = self._averaged(counts, lambda views: self._signature(images=views)[self._score_key])[0]
             return scores, (scores >= self.thresholds).astype(np.int32)
         outputs = self._signature(images=tf.constant(counts, tf.float32))
@@ -200,7 +218,7 @@ class TaggingModel:
         if self._tag_signature is None:
             scores, decisions = self(counts)
             return scores, decisions, self.beam_centre(counts)
-        if self.views > 1:
+        if self._views_here > 1:
             scores, outputs = self._averaged(counts, lambda views: self._tag_signature(images=views))
             return scores, (scores >= self.thresholds).astype(np.int32), outputs["beam_centre"].numpy()[:len(counts)]
         outputs = self._tag_signature(images=tf.constant(counts, tf.float32))
@@ -229,9 +247,6 @@ class TaggingModel:
         return self._beam_signature(images=tf.constant(counts, tf.float32))["beam_centre"].numpy()
 
 
-VIEW_COUNTS = (1, 4, 8)
-
-
 def dihedral_views(counts: np.ndarray, views: int) -> list[list[np.ndarray]]:
     """(B, H, W) frames → ``views`` of them (1, 4 or 8), grouped by shape: [[plain, left–right flip, up–down
     flip, 180° turn], [the same four transposed]] (each (B, H, W), then (B, W, H)), cut to ``views``.
@@ -244,7 +259,7 @@ def dihedral_views(counts: np.ndarray, views: int) -> list[list[np.ndarray]]:
     groups = [flips[:views]]
     if views > 4:
         groups.append([np.swapaxes(view, 1, 2) for view in flips[:views - 4]])
-    return [[np.ascontiguousarray(view) for view in group] for group in groups]
+    return groups  # _averaged concatenates each group: that one copy makes the views contiguous
 
 
 def _attribute_names(metadata: dict, count: int, path: Path) -> tuple[str, ...]:
@@ -651,7 +666,7 @@ def predict_directory(
     quiet: bool = False,
     h5_path: str | None = None,
     html: str | Path | None = None,
-    views: int = 1,
+    views: int | None = None,
 ) -> list[tuple[Path, str]]:
     """Tag every frame of every detector file of a folder; print a table; optionally write CSV/JSON Lines and HTML.
 
@@ -671,7 +686,8 @@ def predict_directory(
         h5_path: the data set holding the frames in HDF5 files (default: the Eiger/NeXus layout).
         html: also write the contact sheet (:mod:`xrayscatter.contact_sheet`), a self-contained page.
         views: average the probabilities over 1, 4 or 8 flipped and turned views of each frame (that many
-            forward passes; see :func:`dihedral_views`). Ignored when ``model`` is a loaded TaggingModel.
+            forward passes; see :func:`dihedral_views`); None: the views the model was exported with. Ignored
+            when ``model`` is a loaded TaggingModel.
 
     Returns:
         The failures, [(path or "path#frame", reason)], in order (empty when all were tagged).

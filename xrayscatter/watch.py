@@ -541,6 +541,8 @@ class FolderWatch:
         quiet: print nothing (tests, benchmarks).
         on_result: called with each output record once its line is written (benchmarks).
         master_wait: seconds an Eiger data file waits for its master before it is read alone.
+        views: average the probabilities over 1, 4 or 8 flipped and turned views of each frame (one forward
+            pass each; :class:`xrayscatter.predict.TaggingModel`); None: the views the model was exported with.
     """
 
     def __init__(self, directory: str | Path, model: str | Path | TaggingModel | None = None,
@@ -549,7 +551,7 @@ class FolderWatch:
                  settle: float = SETTLE_SECONDS, poll: float | None = None, port: int | None = None,
                  html: str | Path | None = None, html_every: float = HTML_EVERY_SECONDS, history: int = HISTORY,
                  quiet: bool = False, on_result: Callable[[dict], None] | None = None,
-                 master_wait: float = MASTER_WAIT_SECONDS):
+                 master_wait: float = MASTER_WAIT_SECONDS, views: int | None = None):
         directory = Path(directory)
         if not directory.is_dir():
             raise XrayscatterError(f"{directory}: {'not a folder' if directory.exists() else 'folder not found'}")
@@ -575,7 +577,7 @@ class FolderWatch:
             model = path
         else:
             self._model_reason = ""
-        self.model = model if isinstance(model, TaggingModel) else TaggingModel(resolve_model_dir(model))
+        self.model = model if isinstance(model, TaggingModel) else TaggingModel(resolve_model_dir(model), views)
         self.tagged = self.failed = 0
         self.lines = 0
         self.started = None

@@ -2000,7 +2000,7 @@ def _interval(bounds):
 def bench_external(model: str | Path | None = None, folder: str | Path | None = None,
                    per_group: int = DEFAULT_PER_GROUP, seed: int = DEFAULT_SEED, workers: int = 2,
                    groups: list[str] | None = None, baseline: str | Path | None = None,
-                   views: int = 1) -> dict:
+                   views: int | None = None) -> dict:
     """Write (or reuse) the sasmodels set, tag it with ``predict``'s code path, report ROC AUC and AP per attribute.
 
     Args:
@@ -2014,7 +2014,8 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
         baseline: a second SavedModel to compare with on the same files: the difference (model − baseline)
             of each AUC, of the mean AUC and of the mAP, with paired bootstrap intervals (``summary["against"]``).
         views: the models' probabilities averaged over 1, 4 or 8 flipped and turned views of each file
-            (:func:`xrayscatter.predict.dihedral_views`), for both models.
+            (:func:`xrayscatter.predict.dihedral_views`), for both models; None: each model's own (the views it
+            was exported with, ``resnet.views``).
 
     Returns:
         dict with ``model``, ``folder``, ``files``, ``mean_auc``, ``map``, ``attributes`` (one dict
@@ -2057,7 +2058,7 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
     for row in rows:
         row["auc_interval"] = intervals["auc"][row["attribute"]] if row["auc"] is not None else None
     beams = {r.path.name: r.beam_xy for r in results if r.beam_xy is not None}
-    summary = {"model": str(tagging_model.path), "views": views, "folder": str(folder), "files": len(truth),
+    summary = {"model": str(tagging_model.path), "views": tagging_model.views, "folder": str(folder), "files": len(truth),
                "definition": wanted, "generation_seconds": generation_seconds, "seconds": seconds,
                **summarise(rows), "mean_auc_interval": intervals["mean_auc"], "map_interval": intervals["map"],
                "interval_level": intervals["level"], "attributes": rows,
@@ -2066,7 +2067,8 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
     if baseline is not None:
         baseline_model, _, baseline_scores = tag(baseline)
         baseline_rows = score_attributes(truth, baseline_scores)
-        summary["against"] = {"model": str(baseline_model.path), **summarise(baseline_rows),
+        summary["against"] = {"model": str(baseline_model.path), "views": baseline_model.views,
+                              **summarise(baseline_rows),
                               "attributes": [{k: r[k] for k in ("attribute", "auc", "ap")} for r in baseline_rows],
                               "difference": paired_difference(truth, scores, baseline_scores)}
     (folder / "results.json").write_text(json.dumps(summary, indent=1) + "\n")

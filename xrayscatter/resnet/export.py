@@ -13,7 +13,14 @@ beam_centre        ``beam_centre`` float32 (batch, 2): (x, y) px of the input im
                    when the beam is on the image, see the Beam Off Image probability)
 tag                ``probabilities`` and ``beam_centre`` from one forward pass (models with
                    the beam-centre head): what ``predict`` and ``watch`` call
+one_view           what ``tag`` (or, without the head, ``serving_default``) gives, from the
+                   frame as it is only (models exported with ``resnet.views`` > 1)
 =================  =========================================================
+
+The probabilities of ``serving_default`` and ``tag`` are averaged over ``resnet.views`` flipped and
+turned views of each frame (``views.py``; metadata ``views``), all views in one batched forward pass
+after the frame is resized; the beam centre is the frame's own. The stored thresholds were chosen on
+the same averaged validation probabilities.
 
 Besides the shared constants (``metadata_json``, ``normalization``) it carries ``attribute_names``
 ((17,) strings) and ``input_size`` (int32), each a one-element list: ``loaded.attribute_names[0]``.
@@ -30,6 +37,7 @@ from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.resnet.data import inputs_from_counts
 from xrayscatter.resnet.features import fifteen_crop_features, fifteen_crop_scales, plain_features
 from xrayscatter.resnet.model import attribute_probabilities, feature_size, layout_name
+from xrayscatter.resnet.views import on_views
 from xrayscatter.saved_model import KerasExport
 
 SIGNATURES = {
@@ -43,6 +51,8 @@ SIGNATURES = {
                    "Beam Off Image probability)",
     "tag": "images float32 (batch, height, width) raw counts → probabilities float32 (batch, 17) and beam_centre "
            "float32 (batch, 2) from one forward pass",
+    "one_view": "what tag (without the beam-centre head: serving_default) gives, from the frame as it is, not "
+                "averaged over views",
 }
 
 
@@ -68,6 +78,7 @@ class ResNetExport(KerasExport):
         self.settings = config.resnet
         self.channels = tuple(config.resnet.input_channels)
         self.beam_head = isinstance(classifier.output, dict)
+        self.views = config.resnet.views
 
     def model_metadata(self) -> dict:
         size = self.input_size
@@ -90,8 +101,14 @@ class ResNetExport(KerasExport):
                              "channels (xrayscatter/normalization.py)",
             "fifteen_crop": {"scales": list(fifteen_crop_scales(size)), "crop": size,
                              "crops": "centre, top-left, top-right, bottom-left, bottom-right"},
-            "signatures": {k: v for k, v in SIGNATURES.items() if self.beam_head or k not in ("beam_centre", "tag")},
+            "views": self.views,
+            "signatures": {k: v for k, v in SIGNATURES.items() if k in self.signature_names()},
         }
+
+    def signature_names(self) -> tuple[str, ...]:
+        names = ("serving_default", "features_15crop", "features")
+        names += ("beam_centre", "tag") if self.beam_head else ()
+        return names + (("one_view",) if self.views > 1 else ())
 
     def constants(self, metadata: dict) -> dict:
         return {**super().constants(metadata), "attribute_names": list(metadata["attributes"]),
@@ -107,7 +124,12 @@ class ResNetExport(KerasExport):
 
         @tf.function(input_signature=images, autograph=False)
         def forward(images):
-            """The classifier on raw counts, traced once: the signatures below call it rather than trace it again."""
+            """The classifier on raw counts (its probabilities averaged over ``resnet.views`` views), traced once:
+            the signatures below call it rather than trace it again."""
+            return on_views(classifier, inputs_from_counts(images, settings), self.views)
+
+        @tf.function(input_signature=images, autograph=False)
+        def forward_one_view(images):
             return classifier(inputs_from_counts(images, settings), training=False)
 
         def serving_default(images):
@@ -122,13 +144,19 @@ class ResNetExport(KerasExport):
         def beam_centre(images):
             return {"beam_centre": beam_in_pixels(forward(images)["beam"], images)}
 
-        def tag(images):  # one forward pass for both: two signatures would run the network twice
-            outputs = forward(images)
+        def tagged(outputs, images):
             return {"probabilities": outputs["attributes"], "beam_centre": beam_in_pixels(outputs["beam"], images)}
 
-        out = [("serving_default", serving_default, images), ("features_15crop", features_15crop, images),
-               ("features", features, images)]
-        return out + ([("beam_centre", beam_centre, images), ("tag", tag, images)] if self.beam_head else [])
+        def tag(images):  # one forward pass for both: two signatures would run the network twice
+            return tagged(forward(images), images)
+
+        def one_view(images):
+            outputs = forward_one_view(images)
+            return tagged(outputs, images) if self.beam_head else {"probabilities": outputs}
+
+        functions = {"serving_default": serving_default, "features_15crop": features_15crop, "features": features,
+                     "beam_centre": beam_centre, "tag": tag, "one_view": one_view}
+        return [(name, functions[name], images) for name in self.signature_names()]
 
 
 def beam_in_pixels(fraction: tf.Tensor, images: tf.Tensor) -> tf.Tensor:

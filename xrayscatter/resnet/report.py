@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.dataset import naming_bad_shards, shard_paths
@@ -19,23 +20,33 @@ from xrayscatter.files import write_atomically
 from xrayscatter.metrics import HOLDOUT_AP_RULE, mean_average_precision
 from xrayscatter.resnet.data import make_beam_dataset, make_dataset, make_label_dataset
 from xrayscatter.resnet.model import attribute_probabilities, layout_name
+from xrayscatter.resnet.views import on_views
 
 PAPER_HOLDOUT_MAP = 77.1  # Wang et al., WACV 2017, Table 3: ResNet-50 on the synthetic hold-out
 
 
-def predict_split(model: keras.Model, config, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(N, A) probabilities and (N, A) labels of a whole split, in the same order."""
-    outputs, labels = predict_split_outputs(model, config, split)
+def predict_split(model: keras.Model, config, split: str, views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(N, A) probabilities (averaged over ``views`` views of each image) and (N, A) labels of a whole split,
+    in the same order."""
+    outputs, labels = predict_split_outputs(model, config, split, views)
     return np.asarray(attribute_probabilities(outputs), np.float32), labels
 
 
-def predict_split_outputs(model: keras.Model, config, split: str) -> tuple[dict | np.ndarray, np.ndarray]:
+def predict_split_outputs(model: keras.Model, config, split: str,
+                          views: int = 1) -> tuple[dict | np.ndarray, np.ndarray]:
     """The model's outputs on a whole split (its dict of (N, ·) arrays, or the (N, A) probabilities) and the
-    (N, A) labels, in the same order."""
+    (N, A) labels, in the same order. ``views`` > 1: the probabilities averaged over that many flipped and
+    turned views of each image, as the exported model gives them (``views.on_views``)."""
     paths = shard_paths(config, split)
     images = make_dataset(config, split, training=False, paths=paths).map(lambda x, y: x)
     with naming_bad_shards(paths):
-        outputs = model.predict(images, verbose=0)
+        if views == 1:
+            outputs = model.predict(images, verbose=0)
+        else:
+            forward = tf.function(lambda inputs: on_views(model, inputs, views))
+            batches = [forward(inputs) for inputs in images]
+            outputs = ({name: np.concatenate([b[name].numpy() for b in batches]) for name in batches[0]}
+                       if isinstance(batches[0], dict) else np.concatenate([b.numpy() for b in batches]))
         labels = np.stack([y.numpy() for y in make_label_dataset(config, split, paths=paths)])
     return outputs, labels
 
@@ -106,7 +117,9 @@ def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict
         f"Test split: {len(labels)} images. Network: {layout_name(config.resnet.blocks)} layout, "
         f"input {config.resnet.input_size} px, "
         f"width × {config.resnet.width_multiplier:g}. mAP over the {int(present.sum())} attributes whose test "
-        "labels hold both positives and negatives.",
+        "labels hold both positives and negatives."
+        + (f" Probabilities averaged over {config.resnet.views} flipped and turned views of each image, as the "
+           "exported model gives them (`resnet.views`)." if config.resnet.views > 1 else ""),
         "",
         "| features | mAP (%) |",
         "|---|---|",

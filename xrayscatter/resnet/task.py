@@ -253,8 +253,9 @@ class ResNetTask(Task):
         """
         classifier = self.evaluation_copy(model)
         backbone = feature_extractor(classifier)
-        val_probabilities, val_labels = predict_split(classifier, self.config, "val")
-        test_outputs, test_labels = predict_split_outputs(classifier, self.config, "test")
+        views = self.settings.views  # what the SavedModel will average over: its thresholds are chosen on that
+        val_probabilities, val_labels = predict_split(classifier, self.config, "val", views)
+        test_outputs, test_labels = predict_split_outputs(classifier, self.config, "test", views)
         test_probabilities = np.asarray(attribute_probabilities(test_outputs), np.float32)
         beam_centre = beam_centre_errors(test_outputs, self.config, "test") if self.beam_head else None
         ap = average_precisions(test_labels, test_probabilities)
@@ -272,7 +273,7 @@ class ResNetTask(Task):
         saved = export_resnet(classifier, backbone, self.config, {
             "thresholds": dict(zip(ATTRIBUTES, (float(t) for t in thresholds))),
             "thresholds_rule": thresholds_rule(precision, floor),
-            "holdout": {"mAP": holdout_map, "split": "test", "num_images": int(len(test_labels)),
+            "holdout": {"mAP": holdout_map, "split": "test", "num_images": int(len(test_labels)), "views": views,
                         "ap": {name: (float(ap[a]) if present[a] else None) for a, name in enumerate(ATTRIBUTES)},
                         "decisions": decisions},
             "training": record,
