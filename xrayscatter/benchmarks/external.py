@@ -2058,10 +2058,10 @@ def bench_external(model: str | Path | None = None, folder: str | Path | None = 
     for row in rows:
         row["auc_interval"] = intervals["auc"][row["attribute"]] if row["auc"] is not None else None
     beams = {r.path.name: r.beam_xy for r in results if r.beam_xy is not None}
-    summary = {"model": str(tagging_model.path), "views": tagging_model.views, "folder": str(folder), "files": len(truth),
-               "definition": wanted, "generation_seconds": generation_seconds, "seconds": seconds,
-               **summarise(rows), "mean_auc_interval": intervals["mean_auc"], "map_interval": intervals["map"],
-               "interval_level": intervals["level"], "attributes": rows,
+    summary = {"model": str(tagging_model.path), "views": tagging_model.views, "folder": str(folder),
+               "files": len(truth), "definition": wanted, "generation_seconds": generation_seconds,
+               "seconds": seconds, **summarise(rows), "mean_auc_interval": intervals["mean_auc"],
+               "map_interval": intervals["map"], "interval_level": intervals["level"], "attributes": rows,
                "beam_centre": beam_centre_errors(truth, beams) if beams else None,
                "breakdowns": breakdowns(truth, scores)}
     if baseline is not None:
