@@ -220,7 +220,16 @@ def test_a_model_exported_with_views_averages_them_in_its_graph(four_view_dir):
     assert np.ptp(each, axis=0).max() > 1e-4  # the views differ: the average is not trivially any one of them
     np.testing.assert_allclose(scores, np.mean(each, axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(decisions, (scores >= model.thresholds).astype(np.int32))
-    np.testing.assert_allclose(beam, one.tag(counts)[2], rtol=1e-4, atol=1e-3)  # the frame's own centre
+    # the beam centre: per coordinate, the median (mean of the middle two) of the four views' estimates, each
+    # mapped back to the frame (pixel centres: x → W − x under a left–right flip, y → H − y under an up–down one)
+    height, width = counts.shape[1:]
+    back = []
+    for k, view in enumerate(dihedral_views(counts, 4)[0]):
+        x, y = one.tag(view)[2].T
+        back.append(np.stack([width - x if k in (1, 3) else x, height - y if k in (2, 3) else y], axis=1))
+    back = np.sort(back, axis=0)
+    assert np.ptp(back, axis=0).max() > 1e-2  # the views' estimates differ: the median is not any one of them
+    np.testing.assert_allclose(beam, 0.5 * (back[1] + back[2]), rtol=1e-4, atol=1e-2)
     np.testing.assert_allclose(model(counts)[0], scores, rtol=1e-5, atol=1e-6)  # serving_default alike
     # more views than the graph's: averaged here, over its one-view signature
     eight = [one.tag(view)[0] for group in dihedral_views(counts, 8) for view in group]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xrayscatter.resnet.views import mean_over_views, views_of_inputs, views_of_point, views_of_square
+from xrayscatter.resnet.views import (mean_over_views, median_over_views, points_from_views, views_of_inputs,
+                                      views_of_point, views_of_square)
 
 
 def test_eight_views_are_the_eight_symmetries_of_the_square_view_major():
@@ -36,7 +37,7 @@ def test_a_point_moves_with_its_image_in_every_view(views):
     assert nan.shape == (3 * views, 2) and np.isnan(nan).all()  # the network's own estimate stays its own
 
 
-def test_inputs_of_every_kind_get_the_same_views_and_outputs_average_the_probabilities_only():
+def test_inputs_of_every_kind_get_the_same_views_and_outputs_combine_probabilities_and_beam():
     rng = np.random.default_rng(1)
     inputs = {"image": tf.constant(rng.random((2, 4, 4, 3)), tf.float32),
               "detail": tf.constant(rng.random((2, 8, 8, 3)), tf.float32), "centre": tf.fill((2, 2), float("nan"))}
@@ -49,6 +50,23 @@ def test_inputs_of_every_kind_get_the_same_views_and_outputs_average_the_probabi
     beam = rng.random((8, 2)).astype(np.float32)
     out = mean_over_views({"attributes": tf.constant(probabilities), "beam": tf.constant(beam)}, 4)
     np.testing.assert_allclose(out["attributes"].numpy(), probabilities.reshape(4, 2, 17).mean(axis=0), rtol=1e-6)
-    np.testing.assert_array_equal(out["beam"].numpy(), beam[:2])  # the frames' own
+    # the beam: per coordinate the median of the 4 views' estimates mapped back (lr: x → 1 − x; ud: y → 1 − y)
+    back = beam.reshape(4, 2, 2).copy()
+    back[[1, 3], :, 0] = 1.0 - back[[1, 3], :, 0]
+    back[[2, 3], :, 1] = 1.0 - back[[2, 3], :, 1]
+    back = np.sort(back, axis=0)
+    np.testing.assert_allclose(out["beam"].numpy(), 0.5 * (back[1] + back[2]), rtol=1e-6)
     np.testing.assert_allclose(mean_over_views(tf.constant(probabilities), 4).numpy(),
                                probabilities.reshape(4, 2, 17).mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("views", [4, 8])
+def test_points_mapped_back_from_every_view_are_the_frame_points(views):
+    """points_from_views undoes views_of_point in every view, the transposed ones too; the median of
+    estimates that agree once mapped back is that point."""
+    points = tf.constant(np.random.default_rng(3).random((3, 2)), tf.float32)
+    seen = views_of_point(points, views)
+    assert not np.allclose(seen.numpy()[3:6], points.numpy())  # the views move the points
+    back = points_from_views(seen, views)
+    np.testing.assert_allclose(back.numpy(), np.broadcast_to(points.numpy(), (views, 3, 2)), atol=1e-6)
+    np.testing.assert_allclose(median_over_views(seen, views).numpy(), points.numpy(), atol=1e-6)

@@ -133,7 +133,8 @@ class TaggingModel:
         has_beam_centre: the model also estimates the beam centre (``beam_centre`` signature; models
             exported since the ``tag`` signature give both from one forward pass).
         views: the probabilities are averaged over this many views of each frame (1, 4 or 8; see
-            :func:`dihedral_views`); the beam centre is the plain frame's. ResNet models only.
+            :func:`dihedral_views`); the beam centre is the model's (the median over the views of its graph; with
+            views averaged here, the plain frame's). ResNet models only.
         model_views: the views the SavedModel itself averages over (metadata ``views``, set at export by
             ``resnet.views``; 1 for older models and attribute models), in one forward pass of its graph.
 

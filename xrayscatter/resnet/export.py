@@ -19,8 +19,8 @@ one_view           what ``tag`` (or, without the head, ``serving_default``) give
 
 The probabilities of ``serving_default`` and ``tag`` are averaged over ``resnet.views`` flipped and
 turned views of each frame (``views.py``; metadata ``views``), all views in one batched forward pass
-after the frame is resized; the beam centre is the frame's own. The stored thresholds were chosen on
-the same averaged validation probabilities.
+after the frame is resized; the beam centre is the median of the views' estimates mapped back to the
+frame. The stored thresholds were chosen on the same averaged validation probabilities.
 
 Besides the shared constants (``metadata_json``, ``normalization``) it carries ``attribute_names``
 ((17,) strings) and ``input_size`` (int32), each a one-element list: ``loaded.attribute_names[0]``.

@@ -10,6 +10,10 @@ chooses its thresholds on the same averaged validation probabilities.
 
 View order (view-major, as :func:`views_of_inputs` stacks them): the frame, its left–right flip, its
 up–down flip, its 180° turn, then the same four transposed; 1, 4 or 8 views take the first that many.
+
+The beam centre is estimated in every view too: each estimate is mapped back to the frame and the
+per-coordinate median taken (robust to one view's heatmap picking the wrong blob; README, *Test-time views*:
+median error on the hold-out 3.4 → 2.3 px of 256 with 4 views).
 """
 
 from __future__ import annotations
@@ -44,10 +48,38 @@ def views_of_inputs(inputs, views: int):
             for name, value in inputs.items()}
 
 
+def points_from_views(points: tf.Tensor, views: int) -> tf.Tensor:
+    """(views·B, 2) points (x, y) as fractions of the side, each in its view (view-major) → (views, B, 2), each
+    mapped back to the frame: the inverse of :func:`views_of_point` (a flip is its own inverse; a transposed
+    view is swapped back before its flip is undone)."""
+    batch = tf.shape(points)[0] // views
+    back = []
+    for k in range(views):
+        point = points[k * batch:(k + 1) * batch]
+        if k >= 4:
+            point = tf.reverse(point, [1])
+        x, y = point[:, 0], point[:, 1]
+        if k % 4 in (1, 3):
+            x = 1.0 - x
+        if k % 4 in (2, 3):
+            y = 1.0 - y
+        back.append(tf.stack([x, y], axis=1))
+    return tf.stack(back)
+
+
+def median_over_views(points: tf.Tensor, views: int) -> tf.Tensor:
+    """(views·B, 2) beam-centre estimates, one per view (view-major) → (B, 2) in the frame: per coordinate, the
+    median of the estimates mapped back (the mean of the middle two for an even count)."""
+    ordered = tf.sort(points_from_views(tf.cast(points, tf.float32), views), axis=0)
+    middle = views // 2
+    return ordered[middle] if views % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
 def mean_over_views(outputs, views: int):
     """The network's outputs on views·B rows (view-major) → its outputs for the B frames: the attribute
-    probabilities averaged over the views; every other output (the beam centre) that of the first view,
-    the frame as it is."""
+    probabilities averaged over the views, the beam centre (``beam``) the median of the views' estimates
+    mapped back to the frame (:func:`median_over_views`); any other output (``beam_coarse``) that of the
+    first view, the frame as it is."""
     if views == 1:
         return outputs
 
@@ -58,7 +90,8 @@ def mean_over_views(outputs, views: int):
     if not isinstance(outputs, dict):
         return average(outputs)
     batch = tf.shape(outputs["attributes"])[0] // views
-    return {name: average(value) if name == "attributes" else value[:batch] for name, value in outputs.items()}
+    combine = {"attributes": average, "beam": lambda points: median_over_views(points, views)}
+    return {name: combine[name](value) if name in combine else value[:batch] for name, value in outputs.items()}
 
 
 def on_views(classifier, inputs, views: int):
