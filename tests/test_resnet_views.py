@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xrayscatter.resnet.views import (mean_over_views, median_over_views, points_from_views, views_of_inputs,
+from xrayscatter.resnet.views import (combine_views, median_over_views, points_from_views, views_of_inputs,
                                       views_of_point, views_of_square)
 
 
@@ -48,7 +48,7 @@ def test_inputs_of_every_kind_get_the_same_views_and_outputs_combine_probabiliti
 
     probabilities = rng.random((8, 17)).astype(np.float32)
     beam = rng.random((8, 2)).astype(np.float32)
-    out = mean_over_views({"attributes": tf.constant(probabilities), "beam": tf.constant(beam)}, 4)
+    out = combine_views({"attributes": tf.constant(probabilities), "beam": tf.constant(beam)}, 4)
     np.testing.assert_allclose(out["attributes"].numpy(), probabilities.reshape(4, 2, 17).mean(axis=0), rtol=1e-6)
     # the beam: per coordinate the median of the 4 views' estimates mapped back (lr: x → 1 − x; ud: y → 1 − y)
     back = beam.reshape(4, 2, 2).copy()
@@ -56,7 +56,7 @@ def test_inputs_of_every_kind_get_the_same_views_and_outputs_combine_probabiliti
     back[[2, 3], :, 1] = 1.0 - back[[2, 3], :, 1]
     back = np.sort(back, axis=0)
     np.testing.assert_allclose(out["beam"].numpy(), 0.5 * (back[1] + back[2]), rtol=1e-6)
-    np.testing.assert_allclose(mean_over_views(tf.constant(probabilities), 4).numpy(),
+    np.testing.assert_allclose(combine_views(tf.constant(probabilities), 4).numpy(),
                                probabilities.reshape(4, 2, 17).mean(axis=0), rtol=1e-6)
 
 

@@ -75,7 +75,7 @@ def median_over_views(points: tf.Tensor, views: int) -> tf.Tensor:
     return ordered[middle] if views % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
 
 
-def mean_over_views(outputs, views: int):
+def combine_views(outputs, views: int):
     """The network's outputs on views·B rows (view-major) → its outputs for the B frames: the attribute
     probabilities averaged over the views, the beam centre (``beam``) the median of the views' estimates
     mapped back to the frame (:func:`median_over_views`); any other output (``beam_coarse``) that of the
@@ -96,5 +96,5 @@ def mean_over_views(outputs, views: int):
 
 def on_views(classifier, inputs, views: int):
     """``classifier`` on ``views`` views of ``inputs`` in one call → its outputs for the frames (probabilities
-    averaged over the views; see :func:`mean_over_views`)."""
-    return mean_over_views(classifier(views_of_inputs(inputs, views), training=False), views)
+    averaged over the views; see :func:`combine_views`)."""
+    return combine_views(classifier(views_of_inputs(inputs, views), training=False), views)
