@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xrayscatter.simulate import lattices, modules, structure_factors
+from xrayscatter.simulate import lattices, modules
 from xrayscatter.simulate.runs import run_maps
 
 
@@ -66,23 +66,6 @@ def test_sphere_radii_are_physical_for_the_mode(mode, lo, hi):
     assert radii.min() >= lo * (1 - 1e-4) and radii.max() <= hi * (1 + 1e-4)
     particles = [r["particle_radius"] for r in _records(modules.debye_module, mode, 6) if "particle_radius" in r]
     assert particles and lo * (1 - 1e-4) <= min(particles) and max(particles) <= hi * (1 + 1e-4)
-
-
-def test_sphere_interactions_are_hard_or_sticky_spheres_of_physical_range():
-    records = [r for r in _records(modules.sphere_module, "SAXS") if "structure_factor" in r]
-    kinds = {r["structure_factor"] for r in records}
-    assert kinds == {"percus-yevick", "sticky-hard-sphere"}
-    for r in records:
-        ratio = r["hard_sphere_radius"] / r["radius"]
-        if r["structure_factor"] == "percus-yevick":
-            # bare spheres up to twice the radius (a screening length or polymer brush around the core)
-            assert 1.0 - 1e-3 <= ratio <= 2.0 + 1e-3 and 0.1 <= r["volume_fraction"] <= 0.45
-        else:
-            assert 1.0 - 1e-3 <= ratio <= 1.2 + 1e-3 and 0.02 <= r["perturbation"] <= 0.1
-            assert structure_factors.sticky_hard_sphere_lambda(r["volume_fraction"], r["perturbation"],
-                                                               r["stickiness"]) is not None
-    # charge-stabilised spheres put their correlation peak well inside the form factor's first lobe
-    assert max(r["hard_sphere_radius"] / r["radius"] for r in records) > 1.7
 
 
 def test_waxs_debye_clusters_are_atoms_on_metal_lattices():

@@ -132,34 +132,6 @@ def test_percus_yevick_matches_sasmodels_hardsphere(phi):
     assert np.allclose(ours, ref, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("radius,phi,tau,eps", [(50.0, 0.1, 0.05, 0.2), (40.0, 0.3, 0.1, 0.4), (80.0, 0.2, 0.02, 0.15)])
-def test_sticky_hard_sphere_matches_sasmodels(radius, phi, tau, eps):
-    q = np.linspace(0.002, 0.3, 500)
-    ref = _sasmodels("stickyhardsphere", q, radius_effective=radius, volfraction=phi, perturb=tau, stickiness=eps,
-                     scale=1.0, background=0.0)
-    ours = structure_factors.structure_factor_sticky_hard_sphere(q, radius, phi, tau, eps)
-    assert np.allclose(ours, ref, rtol=1e-3, atol=1e-4)
-
-
-def test_sticky_hard_sphere_without_stickiness_is_the_hard_sphere_of_the_outer_diameter():
-    # ε → ∞ switches the attraction off: Percus–Yevick spheres of diameter σ/(1 − τ) at volume fraction φ/(1 − τ)³
-    q = np.linspace(0.001, 0.3, 400)
-    radius, phi, tau = 40.0, 0.25, 0.05
-    sticky = structure_factors.structure_factor_sticky_hard_sphere(q, radius, phi, tau, 1e9)
-    hard = structure_factors.structure_factor_percus_yevick(q, radius / (1 - tau), phi / (1 - tau) ** 3)
-    assert np.allclose(sticky, hard, rtol=1e-4, atol=1e-5)
-
-
-def test_sticky_hard_sphere_rejects_an_unphysical_fluid():
-    # too sticky for the density: the Percus–Yevick solution has no real root (the fluid phase-separates)
-    assert structure_factors.sticky_hard_sphere_lambda(0.3, 0.05, 0.01) is None
-    with pytest.raises(ValueError, match="no physical"):
-        structure_factors.structure_factor_sticky_hard_sphere(np.array([0.01]), 40.0, 0.3, 0.05, 0.01)
-    # attraction raises the forward scattering above the hard sphere's
-    s0 = structure_factors.structure_factor_sticky_hard_sphere(np.array([1e-4]), 40.0, 0.2, 0.05, 0.15)[0]
-    assert s0 > structure_factors.structure_factor_percus_yevick(np.array([1e-4]), 40.0 / 0.95, 0.2 / 0.95**3)[0]
-
-
 @pytest.mark.parametrize("lattice,model", [("BCC", "bcc_paracrystal"), ("FCC", "fcc_paracrystal")])
 def test_lattice_peaks_match_sasmodels_paracrystal(lattice, model):
     from scipy.signal import find_peaks

@@ -20,7 +20,7 @@ from xrayscatter.simulate.modules import MODULES, Piece
 from xrayscatter.simulate.runs import STREAM_IMAGE, RunMaps, rng_for, run_maps
 from xrayscatter.simulate.tags import RingEvidence, SceneForTags, decide_tags
 
-SIMULATOR_VERSION = 3  # 2: physical sizes per mode, form factor per lattice, native-unit instruments; 3: sticky and stabilised spheres
+SIMULATOR_VERSION = 2  # 2: physical sizes per mode, form factor per lattice, native-unit instruments
 MAX_ATTEMPTS = 20  # redraws (deterministic) until an image carries at least one of the 17 tags
 
 

@@ -252,34 +252,9 @@ def lattice_module(rng, maps, q_range):
     return record, pieces
 
 
-def _interaction(rng, q, radius):
-    """An inter-particle S(q) for particles of this radius, drawn from what colloids and micelles show.
-
-    Returns (S(q) on ``q``, the record's fields). Hard spheres (Percus–Yevick) whose effective radius is
-    the particle's for bare spheres and up to twice it for charge- or sterically stabilised ones (the
-    screening length or brush adds to the radius: the correlation peak moves to lower q, where P(q) is
-    still high); or adhesive spheres (Baxter's sticky hard spheres: a forward rise from clustering and a
-    sharper contact peak).
-    """
-    if rng.random() < 0.7:
-        phi = rng.uniform(0.1, 0.45)
-        r_hs = radius * _log_uniform(rng, 1.0, 2.0)
-        return (structure_factors.structure_factor_percus_yevick(q, r_hs, phi),
-                {"structure_factor": "percus-yevick", "volume_fraction": round(phi, 4),
-                 "hard_sphere_radius": round(r_hs, 4)})
-    r_hs = radius * rng.uniform(1.0, 1.2)
-    while True:  # a few draws at most: most of this box has a physical solution
-        phi, tau, eps = rng.uniform(0.1, 0.4), rng.uniform(0.02, 0.1), rng.uniform(0.1, 0.6)
-        if structure_factors.sticky_hard_sphere_lambda(phi, tau, eps) is not None:
-            break
-    return (structure_factors.structure_factor_sticky_hard_sphere(q, r_hs, phi, tau, eps),
-            {"structure_factor": "sticky-hard-sphere", "volume_fraction": round(phi, 4),
-             "hard_sphere_radius": round(r_hs, 4), "perturbation": round(tau, 4), "stickiness": round(eps, 4)})
-
-
 def sphere_module(rng, maps, q_range):
-    """Polydisperse spheres, optionally interacting (:func:`_interaction`: hard or sticky spheres),
-    with radii physical for the mode (:data:`SPHERE_RADIUS`) whose first form-factor minimum is visible."""
+    """Polydisperse spheres, optionally interacting (Percus–Yevick hard-sphere S(q)), with radii
+    physical for the mode (:data:`SPHERE_RADIUS`) whose first form-factor minimum is visible."""
     q = maps.q_grid
     r_lo, r_hi = SPHERE_RADIUS[maps.params["mode"]]
     picked = _pick_visible(rng, {"sphere": (1.0, 4.493 / r_hi, 4.493 / r_lo)}, _sub_window(q_range, 0.0, 0.9))
@@ -291,15 +266,16 @@ def sphere_module(rng, maps, q_range):
     record = {"module": "sphere", "radius": round(radius, 4), "polydispersity": round(poly, 4)}
     info = {}
     if rng.random() < 0.7:
-        s_q, fields = _interaction(rng, q, radius)
+        phi = rng.uniform(0.1, 0.45)
+        r_hs = radius * rng.uniform(1.0, 1.3)
+        s_q = structure_factors.structure_factor_percus_yevick(q, r_hs, phi)
         intensity = intensity * s_q
-        # the correlation (contact) peak, past qR_hs = 2: a sticky fluid's forward rise is not one
-        k = int(np.argmax(np.where(q * fields["hard_sphere_radius"] > 2.0, s_q, -np.inf)))
+        k = int(np.argmax(s_q))
         # Is the correlation peak a bump of P·S itself (not swallowed by the falling P(q))?
         peaks_found, _ = find_peaks(np.log(np.maximum(intensity, 1e-300)), prominence=0.05)
         bump = bool(np.any(np.abs(q[peaks_found] - q[k]) < 0.35 * q[k]))
         info = {"sf_q": float(q[k]), "sf_max": float(s_q[k]), "sf_bump": bump}
-        record.update(fields)
+        record.update(structure_factor="percus-yevick", volume_fraction=round(phi, 4), hard_sphere_radius=round(r_hs, 4))
     return record, [Piece("diffuse_low", profile=intensity, info=info)]
 
 
