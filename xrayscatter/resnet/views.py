@@ -96,5 +96,5 @@ def combine_views(outputs, views: int):
 
 def on_views(classifier, inputs, views: int):
     """``classifier`` on ``views`` views of ``inputs`` in one call → its outputs for the frames (probabilities
-    averaged over the views; see :func:`combine_views`)."""
+    averaged over the views, the beam centre their median; see :func:`combine_views`)."""
     return combine_views(classifier(views_of_inputs(inputs, views), training=False), views)
