@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
-from xrayscatter.resnet.model import (BACKBONE_NAME, BeamWindow, RadialProfile, SoftArgmax2D, attribute_probabilities,
+from xrayscatter.resnet.model import (BACKBONE_NAME, BeamWindow, FusedBatchNormalization, RadialProfile, SoftArgmax2D, attribute_probabilities,
                                       batch_norm_layers, beam_map_layer, build_backbone, build_classifier, build_network,
                                       feature_extractor, feature_size, first_conv_kernel, layout_name,
                                       recalibrate_batch_norm,
@@ -18,7 +18,10 @@ from xrayscatter.resnet.model import (BACKBONE_NAME, BeamWindow, RadialProfile, 
 
 def _structure(model: keras.Model) -> list[tuple]:
     """(class, name, output shape, parameter count) of every layer, in order."""
-    return [(type(layer).__name__, layer.name, tuple(layer.output.shape), layer.count_params())
+    def kind(layer):  # our batch norm is Keras's, computed by the fused kernel
+        return "BatchNormalization" if isinstance(layer, keras.layers.BatchNormalization) else type(layer).__name__
+
+    return [(kind(layer), layer.name, tuple(layer.output.shape), layer.count_params())
             for layer in model.layers[1:]]  # [0] is the input layer, named differently
 
 
@@ -28,6 +31,37 @@ def test_width_one_is_keras_applications_resnet50_layer_for_layer():
     assert ours.count_params() == reference.count_params() == 23_581_440
     assert _structure(ours) == _structure(reference)
     assert ours.output.shape == (None, 2048)
+
+
+@pytest.mark.parametrize("options", [{}, {"center": False}, {"scale": False, "momentum": 0.0}])
+def test_fused_batch_norm_computes_what_keras_batch_norm_computes(options):
+    """Outputs, input gradients and moving statistics in training, and outputs at inference, equal Keras's own
+    layer's (to float32 rounding): the fused kernel is a faster way to the same numbers."""
+    x = tf.random.stateless_normal((8, 6, 5, 7), seed=(1, 2)) * 3.0 + 1.0
+    stock = keras.layers.BatchNormalization(epsilon=1.001e-5, **options)
+    fused = FusedBatchNormalization(epsilon=1.001e-5, **options)
+    for layer in (stock, fused):
+        layer.build(x.shape)
+        if layer.scale:
+            layer.gamma.assign(np.linspace(0.5, 1.5, 7, dtype="float32"))
+        if layer.center:
+            layer.beta.assign(np.linspace(-0.3, 0.3, 7, dtype="float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        out_stock, out_fused = stock(x, training=True), fused(x, training=True)
+        loss_stock, loss_fused = tf.reduce_sum(out_stock ** 3), tf.reduce_sum(out_fused ** 3)
+    np.testing.assert_allclose(out_fused, out_stock, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(loss_fused, x), tape.gradient(loss_stock, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean, stock.moving_mean, atol=1e-6)
+    np.testing.assert_allclose(fused.moving_variance, stock.moving_variance, rtol=1e-5)  # Keras's biased variance
+    np.testing.assert_allclose(fused(x, training=False), stock(x, training=False), atol=1e-5)
+
+
+def test_fused_batch_norm_under_mixed_precision_keeps_the_compute_dtype():
+    layer = FusedBatchNormalization(dtype="mixed_bfloat16")
+    out = layer(tf.ones((2, 4, 4, 3), tf.bfloat16) * tf.range(3, dtype=tf.bfloat16), training=True)
+    assert out.dtype == tf.bfloat16 and layer.moving_mean.dtype == "float32"
+    np.testing.assert_allclose(layer.moving_mean, [0.0, 0.01, 0.02], atol=1e-6)  # momentum 0.99
 
 
 @pytest.mark.parametrize("width, features", [(0.5, 1024), (0.25, 512), (0.125, 256)])

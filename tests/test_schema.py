@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from xrayscatter.attributes import NUM_ATTRIBUTES
-from xrayscatter.schema import (FEATURE_SPEC, SCHEMA_VERSION, encode_png_uint16, parse_example, parse_example_numpy,
-                                serialize_example)
+from xrayscatter.schema import (FEATURE_SPEC, SCHEMA_VERSION, encode_mask, encode_png_uint16, encode_resized,
+                                parse_example, parse_example_numpy, serialize_example)
 
 LABELS = [1, 0] * 8 + [1]
 
@@ -76,3 +76,31 @@ def test_mask_must_match_the_image():
         serialize_example(_counts(), LABELS, 0, 0, {}, mask=np.ones((9, 6), bool))
     with pytest.raises(ValueError, match=f"labels must have {NUM_ATTRIBUTES}"):
         serialize_example(_counts(), LABELS[:-1], 0, 0, {})
+
+
+def test_a_runs_mask_encoded_once_gives_the_same_record():
+    counts, mask = _counts(8, 6, seed=3), np.ones((8, 6), bool)
+    mask[:, 2] = False
+    plain = serialize_example(counts, LABELS, 1, 3, {"a": 1}, mask=mask, beam_xy=(1.0, 2.0))
+    assert serialize_example(counts, LABELS, 1, 3, {"a": 1}, mask=mask, beam_xy=(1.0, 2.0),
+                             mask_png=encode_mask(mask)) == plain
+
+
+@pytest.mark.parametrize("shape, size", [((40, 40), 16), ((30, 40), 16), ((12, 10), 16)])
+def test_resized_feature_is_the_normalised_channels_resized(shape, size):
+    """The traced encoder stores what the eager normalisation functions give: log counts, the measured
+    fraction with gaps missing and with gaps counted, padded square and resized (shrunk or grown)."""
+    from xrayscatter.normalization import pad_to_square, resize_square, square_log_and_valid
+    from xrayscatter.schema import RESIZED_SCALE
+
+    counts = _counts(*shape, seed=4).astype(np.float32)
+    mask = np.ones(shape, bool)
+    mask[:, shape[1] // 3] = False
+    stored = tf.io.decode_png(encode_resized(counts, mask, size), channels=3, dtype=tf.uint16).numpy()
+    log_square, _ = square_log_and_valid(tf.constant(counts[None]))
+    gaps_missing = pad_to_square(tf.constant(mask[None, :, :, None], tf.float32))
+    gaps_counted = pad_to_square(tf.ones((1, *shape, 1)))
+    expected = resize_square(tf.concat([log_square, gaps_missing, gaps_counted], axis=-1), size)[0]
+    expected = np.round(np.clip(expected.numpy(), 0, 1) * np.array(RESIZED_SCALE))
+    assert stored.shape == (size, size, 3)
+    assert np.abs(stored.astype(float) - expected).max() <= 1  # a level of 2⁻¹⁶ at most (rounding ties)

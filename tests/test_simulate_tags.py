@@ -74,7 +74,7 @@ class Scene:
         """Pixels that a detector gap or the frame edge takes away."""
         self.open_mask = self.open_mask & ~mask
 
-    def tags(self, noise_variance: float = 0.0, beam_on_image: bool = True) -> list[str]:
+    def tags(self, noise_variance: float = 0.0, beam_on_image: bool = True, bins_cache: dict | None = None) -> list[str]:
         transmission = 1.0 - self.opacity
         q_bin = np.clip(np.searchsorted(self.bin_edges, self.q, side="right") - 1, 0, len(self.bin_edges) - 2)
         sample = self.sample * transmission
@@ -86,11 +86,25 @@ class Scene:
             piece_images=[p * transmission for p in self.pieces], rings=self.rings,
             structure_factor=self.structure_factor, beam_on_image=beam_on_image, beamstop_kind=self.kind,
             beamstop_shadow=(self.sample + self.background) * self.opacity, beamstop_opacity=self.opacity,
-            noise_variance=noise_variance)
+            noise_variance=noise_variance, bins_cache={} if bins_cache is None else bins_cache)
         return decide_tags(scene)[0]
 
 
 # --------------------------------------------------------------------------- rings
+def test_images_of_a_run_share_its_radial_bins_and_get_the_tags_they_get_alone():
+    """The generator hands every image of a run one ``bins_cache`` (bin labels, pixel counts, geometric
+    factors depend on the run's maps only): filled by one image, it gives the next the same tags as a fresh one."""
+    first, second = Scene(background=2.0), Scene(background=2.0)
+    first.ring(20, 60.0, lattice="FCC", family="lattice:FCC", n=3)
+    first.ring(23.1, 60.0, lattice="FCC", family="lattice:FCC", n=4)
+    second.ring(30, 1.0)  # below the noise: no ring
+    second.diffuse("diffuse_low", 400.0, 6.0)
+    shared: dict = {}
+    assert first.tags(bins_cache=shared) == first.tags() and {"labels", "count", "gf_mean"} <= set(shared)
+    assert second.tags(bins_cache=shared) == second.tags()
+    assert "FCC" in first.tags() and "Ring" not in second.tags() and "Diffuse low-q" in second.tags()
+
+
 def test_a_bright_ring_is_a_ring():
     s = Scene(background=1.0)
     s.ring(25, height=100)

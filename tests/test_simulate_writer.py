@@ -133,3 +133,12 @@ def test_killed_run_resumes_to_identical_bytes(smoke_dataset, tmp_path):
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert _shard_bytes(folder) == reference
     assert not list(folder.glob(".*tmp*"))
+
+
+def test_workers_keep_freed_memory_where_glibc_allows_it():
+    """The writer's allocator settings take on Linux (glibc's mallopt accepts them) and are harmless to repeat."""
+    from xrayscatter.simulate.writer import keep_freed_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt is Linux's")
+    assert keep_freed_memory() is True and keep_freed_memory() is True

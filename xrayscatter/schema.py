@@ -107,17 +107,25 @@ def encode_png_uint16(counts: np.ndarray) -> bytes:
 
 def encode_resized(counts: np.ndarray, mask: np.ndarray | None, size: int) -> bytes:
     """(H, W) counts and light-sensitive mask → the ``resized`` feature at ``size`` px (16-bit PNG, 3 channels)."""
-    from xrayscatter.normalization import pad_to_square, resize_square, square_log_and_valid
-
     counts = np.clip(np.nan_to_num(np.asarray(counts, np.float32), nan=0.0), 0, 65535).astype(np.uint16)
     sensitive = np.ones(counts.shape, bool) if mask is None else np.asarray(mask, bool)
-    log_square, _ = square_log_and_valid(tf.constant(counts[None], tf.float32))
-    gaps_missing = pad_to_square(tf.constant(sensitive[None, :, :, None], tf.float32))
-    gaps_counted = pad_to_square(tf.ones((1, *counts.shape, 1), tf.float32))
-    square = tf.concat([log_square, gaps_missing, gaps_counted], axis=-1)
-    resized = resize_square(square, size)[0]
+    return _encode_resized_graph(counts, sensitive, tf.constant(size, tf.int32)).numpy()
+
+
+@tf.function(input_signature=[tf.TensorSpec((None, None), tf.uint16), tf.TensorSpec((None, None), tf.bool),
+                              tf.TensorSpec((), tf.int32)])
+def _encode_resized_graph(counts, sensitive, size):
+    """The TensorFlow half of :func:`encode_resized`, traced once (any image shape and side)."""
+    from xrayscatter.normalization import pad_to_square, resize_square, square_log_and_valid
+
+    log_square, _ = square_log_and_valid(tf.cast(counts, tf.float32)[None])
+    gaps_missing = pad_to_square(tf.cast(sensitive, tf.float32)[None, :, :, None])
+    gaps_counted = pad_to_square(tf.ones(tf.concat([[1], tf.shape(counts), [1]], axis=0), tf.float32))
+    # The three channels as a batch of three: interleaving them at full size costs more than the resize.
+    resized = resize_square(tf.concat([log_square, gaps_missing, gaps_counted], axis=0), size)  # (3, s, s, 1)
+    resized = tf.transpose(resized[:, :, :, 0], (1, 2, 0))
     levels = tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 1.0) * tf.constant(RESIZED_SCALE)), tf.uint16)
-    return tf.io.encode_png(levels, compression=PNG_COMPRESSION).numpy()
+    return tf.io.encode_png(levels, compression=PNG_COMPRESSION)
 
 
 def resized_side(resized: tf.Tensor) -> tf.Tensor:
@@ -137,8 +145,14 @@ def decode_resized(resized: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor,
     return image[:, :, 0:1], image[:, :, 1:2], image[:, :, 2:3]
 
 
+def encode_mask(mask: np.ndarray) -> bytes:
+    """(H, W) bool light-sensitive mask → 8-bit PNG bytes (1 sensitive, 0 not)."""
+    return tf.io.encode_png(np.asarray(mask, np.uint8)[:, :, None], compression=PNG_COMPRESSION).numpy()
+
+
 def serialize_example(counts: np.ndarray, labels, run_id: int, image_id: int, params: dict,
-                      mask: np.ndarray | None = None, beam_xy=None, resized_size: int = 0) -> bytes:
+                      mask: np.ndarray | None = None, beam_xy=None, resized_size: int = 0,
+                      mask_png: bytes | None = None) -> bytes:
     """One image and its record → serialized ``tf.train.Example`` bytes (deterministic).
 
     Args:
@@ -146,6 +160,7 @@ def serialize_example(counts: np.ndarray, labels, run_id: int, image_id: int, pa
         beam_xy: beam centre (x, y) in px of the image (None: not stored).
         resized_size: store the ``resized`` feature at this side (px) when the image is larger
             (0: never).
+        mask_png: ``encode_mask(mask)``, when the caller has it already (a run's images share their mask).
     """
     height, width = counts.shape
     if len(labels) != NUM_ATTRIBUTES:
@@ -162,8 +177,7 @@ def serialize_example(counts: np.ndarray, labels, run_id: int, image_id: int, pa
     if mask is not None:
         if mask.shape != counts.shape:
             raise ValueError(f"mask must have the image's shape {counts.shape}. Received: mask.shape={mask.shape}")
-        mask_png = tf.io.encode_png(np.asarray(mask, np.uint8)[:, :, None], compression=PNG_COMPRESSION)
-        feature["mask"] = _bytes(mask_png.numpy())
+        feature["mask"] = _bytes(encode_mask(mask) if mask_png is None else mask_png)
     if beam_xy is not None:
         feature["beam"] = _floats(beam_xy)
     if resized_size and resized_size < max(height, width):

@@ -50,8 +50,10 @@ def _start_worker(config) -> float:
     """A worker's one-time start: import TensorFlow and what the writer imports, encode one record
     (first-call set-up); returns the seconds it took."""
     start = time.perf_counter()
+    from xrayscatter.simulate.writer import keep_freed_memory
     from xrayscatter.tf_runtime import import_tensorflow
 
+    keep_freed_memory()  # as every `simulate run` worker does: both paths run with the same allocator
     import_tensorflow()
     stage_seconds(config, [50_000])
     return time.perf_counter() - start
@@ -145,6 +147,7 @@ def measure(config, size: int, seconds: float, processes: int = 2) -> dict:
                 (row[f"write_{workers}"], row[f"write_cpu_{workers}"],
                  row[f"write_cores_{workers}"]) = _pool_rate(pool, _write, data, [[k] for k in range(workers)],
                                                              workers * count)
+        stage_seconds(probe, [50_000])  # this process's first record: one-time set-up (traces), not timed
         row["stages_s"] = stage_seconds(probe, [40_000 + j for j in range(min(count, 4))])
     for path in ("generator", "write"):
         row[f"{path}_per_process_{processes}"] = row[f"{path}_{processes}"] / processes

@@ -129,19 +129,20 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
     beam_fwhm_px = float(np.hypot(rng.uniform(0.05, 0.5) * 1e-3 / g.pixel_size_m, 1.0))
     beam = det.direct_beam(shape, (g.beam_x, g.beam_y), beam_fwhm_px,
                            sample_peak * _log_uniform(rng, 1e2, 1e4)) * maps.transmission
-    valid = maps.valid.astype(np.float32)
-    expected = det.point_spread(sample + background + beam, run["detector"]["psf_native_px"] / maps.binning) * valid
-    unshaded = (sample + background) / np.maximum(maps.transmission, 1e-6)
+    valid = maps.valid_float
+    sample_and_background = sample + background
+    expected = det.point_spread(sample_and_background + beam, run["detector"]["psf_native_px"] / maps.binning) * valid
+    unshaded = sample_and_background / maps.transmission_floor
 
     bs = run["beamstop"]
     scene = SceneForTags(
         shape=shape, open_mask=open_mask, q_bin=maps.q_bin, bin_edges=maps.bin_edges,
-        geometric_factor=maps.geometric_factor * maps.transmission, total=(sample + background) * valid,
+        geometric_factor=maps.shaded_geometric_factor, total=sample_and_background * valid,
         sample=sample * valid, background=background * valid, roles={k: v * valid for k, v in roles.items()},
         piece_images=[p * valid for p in piece_images], rings=ring_evidence, structure_factor=sf_evidence,
         beam_on_image=g.beam_on_image(), beamstop_kind=bs["kind"],
         beamstop_shadow=(unshaded - sample - background) * valid, beamstop_opacity=maps.opacity,
-        noise_variance=float(run["detector"].get("read_noise", 0.0)) ** 2)
+        noise_variance=float(run["detector"].get("read_noise", 0.0)) ** 2, bins_cache=maps.tag_bins)
     tags, evidence = decide_tags(scene)
     image_record = {"attempt": attempt, "modules": module_records, "exposure": round(exposure, 5),
                     "sample_peak_counts": round(sample_peak, 4), "background_level": round(bg_level, 5)}

@@ -8,7 +8,7 @@ it; images of the run only read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -312,9 +312,39 @@ class RunMaps:
         """(G,) 1-D profile on ``q_grid`` → (H, W) float32 by linear interpolation in q
         (one table look-up per pixel instead of transcendental functions)."""
         p = profile.astype(np.float32)
-        left = p[self.grid_index]
-        right = p[self.grid_index + 1]
-        return (left + (right - left) * self.grid_frac).reshape(self.shape)
+        left = np.take(p, self.grid_index)
+        image = np.take(p, self._grid_index_right)
+        image -= left  # in place: each full-image temporary costs as much as the arithmetic
+        image *= self.grid_frac
+        image += left
+        return image.reshape(self.shape)
+
+    # Per-run products every image of the run would otherwise recompute, full-image, each time.
+    @cached_property
+    def valid_float(self) -> np.ndarray:
+        """(H, W) float32 1 / 0: ``valid`` as a factor."""
+        return self.valid.astype(np.float32)
+
+    @cached_property
+    def transmission_floor(self) -> np.ndarray:
+        """(H, W) float32 ``transmission`` kept ≥ 10⁻⁶ (to undo the shadow without dividing by 0)."""
+        return np.maximum(self.transmission, 1e-6)
+
+    @cached_property
+    def shaded_geometric_factor(self) -> np.ndarray:
+        """(H, W) float32 solid angle × polarisation × beamstop transmission."""
+        return self.geometric_factor * self.transmission
+
+    @cached_property
+    def tag_bins(self) -> dict:
+        """What the tag rules compute once per run from these maps (radial-bin labels of the open pixels,
+        pixel counts, mean geometric factors), filled by them on the run's first image."""
+        return {}
+
+    @cached_property
+    def _grid_index_right(self) -> np.ndarray:
+        """(H·W,) int32: right grid node of each pixel (``grid_index`` + 1), once per run."""
+        return self.grid_index + 1
 
 
 def _sensitive_mask(model, params: dict, height: int, width: int) -> np.ndarray:

@@ -90,6 +90,10 @@ class SceneForTags:
     beamstop_shadow: np.ndarray | None = None  # (H, W) counts the beamstop removed (unshaded − shaded)
     beamstop_opacity: np.ndarray | None = None  # (H, W) in [0, 1]
     noise_variance: float = 0.0  # extra per-pixel variance (CCD read noise²), added to the Poisson variance
+    # radial-bin labels, pixel counts and mean geometric factors: they depend on the run's maps only, so
+    # the generator passes one dict per run (RunMaps.tag_bins) and every image of the run reuses them
+    bins_cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)  # this scene's own per-bin sums
 
     @property
     def min_pixels(self) -> float:
@@ -102,15 +106,35 @@ class SceneForTags:
         return max(self.min_pixels, DIFFUSE_AREA * self.shape[0] * self.shape[1])
 
 
-def _bin_stats(scene: SceneForTags, image: np.ndarray):
-    """Per radial bin over open pixels: (pixel count, mean of ``image``, mean geometric factor)."""
-    idx = scene.q_bin[scene.open_mask]
-    n_bins = len(scene.bin_edges) - 1
-    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
-    total = np.bincount(idx, weights=image[scene.open_mask], minlength=n_bins)
-    gf = np.bincount(idx, weights=scene.geometric_factor[scene.open_mask], minlength=n_bins)
+def _bin_sums(scene: SceneForTags, image: np.ndarray) -> np.ndarray:
+    """(B,) float64 sum of ``image`` over the open pixels of each radial bin."""
+    cache = scene.bins_cache
+    if "labels" not in cache:  # closed pixels go to an extra bin, dropped: no boolean gather per image
+        n_bins = len(scene.bin_edges) - 1
+        cache["labels"] = np.where(scene.open_mask, scene.q_bin, n_bins).ravel().astype(np.intp)
+    return np.bincount(cache["labels"], weights=image.ravel(), minlength=len(scene.bin_edges))[:-1]
+
+
+def _bin_stats(scene: SceneForTags, image: np.ndarray | None = None, sums: np.ndarray | None = None):
+    """Per radial bin over open pixels: (pixel count, mean of ``image`` (or of the per-bin ``sums`` of
+    one), mean geometric factor). Counts and geometric factors are computed once per run."""
+    cache = scene.bins_cache
+    if "count" not in cache:
+        count = _bin_sums(scene, np.ones(scene.shape, np.float32))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cache["count"] = count
+            cache["gf_mean"] = np.where(count > 0, _bin_sums(scene, scene.geometric_factor) / count, 0.0)
+    count = cache["count"]
+    total = _bin_sums(scene, image) if sums is None else sums
     with np.errstate(invalid="ignore", divide="ignore"):
-        return count, np.where(count > 0, total / count, 0.0), np.where(count > 0, gf / count, 0.0)
+        return count, np.where(count > 0, total / count, 0.0), cache["gf_mean"]
+
+
+def _total_sums(scene: SceneForTags) -> np.ndarray:
+    """Per-bin sums of everything (``total``), once per scene: the rest of a piece is total − piece, bin by bin."""
+    if "total" not in scene._cache:
+        scene._cache["total"] = _bin_sums(scene, scene.total)
+    return scene._cache["total"]
 
 
 def visible_rings(scene: SceneForTags) -> list[RingEvidence]:
@@ -121,7 +145,8 @@ def visible_rings(scene: SceneForTags) -> list[RingEvidence]:
     cache: dict[int, tuple] = {}
     for piece_index, ev in scene.rings:
         if piece_index not in cache:
-            cache[piece_index] = _bin_stats(scene, scene.total - scene.piece_images[piece_index])
+            cache[piece_index] = _bin_stats(
+                scene, sums=_total_sums(scene) - _bin_sums(scene, scene.piece_images[piece_index]))
         count, rest_mean, gf_mean = cache[piece_index]
         b = int(np.searchsorted(edges, ev.peak.q, side="right") - 1)
         if not 0 <= b < len(count) or count[b] == 0:
@@ -243,8 +268,9 @@ def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
         if sf["s_max"] < STRUCTURE_FACTOR_MIN_PEAK or not sf["bump"]:
             continue
         img = scene.piece_images[sf["piece"]]
-        count, rest_mean, gf_mean = _bin_stats(scene, scene.total - img)
-        _, own_mean, _ = _bin_stats(scene, img)
+        own_sums = _bin_sums(scene, img)
+        count, rest_mean, gf_mean = _bin_stats(scene, sums=_total_sums(scene) - own_sums)
+        _, own_mean, _ = _bin_stats(scene, sums=own_sums)
         b = int(np.searchsorted(scene.bin_edges, sf["q"], side="right") - 1)
         if 0 <= b < len(count) and count[b] >= 1:
             own, rest = own_mean[b], rest_mean[b]
