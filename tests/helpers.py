@@ -365,6 +365,21 @@ def detector_counts(batch: int, height: int, width: int, seed: int = 0) -> np.nd
     return np.stack(out)
 
 
+def powder_counts(centres, shape=(64, 64), spacing: float = 11.0, seed: int = 0) -> np.ndarray:
+    """(B, H, W) float32 Poisson counts of a powder pattern about each (x, y) px centre (pixel centres at index
+    + 0.5): four sharp rings at FCC's first ratios of ``spacing`` px on a decaying background."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
+    out = []
+    for cx, cy in centres:
+        r = np.hypot(x - cx, y - cy)
+        intensity = 200.0 * np.exp(-r / 15.0) + 5.0
+        for ratio in (1.0, np.sqrt(4 / 3), np.sqrt(8 / 3), np.sqrt(11 / 3)):
+            intensity += 80.0 * np.exp(-0.5 * ((r - spacing * ratio) / 0.8) ** 2)
+        out.append(rng.poisson(intensity).astype(np.float32))
+    return np.stack(out)
+
+
 def peaked_encoder(code_size: int = 16, base_filters: int = 4, seed: int = 0, patch_size: int = 32):
     """A random encoder whose code logits are large, so the softmax is far from uniform
     (a uniform assignment would make every pooling rule look right)."""

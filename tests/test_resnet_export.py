@@ -210,3 +210,32 @@ def test_saved_model_cli_runs_every_signature_in_the_session_loader(exported, co
         assert f"signature_def['{signature}']" in shown.stdout
     assert "outputs['probabilities']" in shown.stdout and "inputs['images']" in shown.stdout
     assert "shape: (-1, 17)" in shown.stdout and "shape: (-1, 256)" in shown.stdout
+
+
+def test_the_symmetry_centre_is_the_networks_estimate_refined_on_its_input_image(tmp_path):
+    """``resnet.symmetry_centre``: ``beam_centre`` and ``tag`` give the network's estimate moved by
+    ``centre.refine_centre`` on its input image; the probabilities are the network's."""
+    from helpers import powder_counts
+
+    from xrayscatter.resnet.centre import with_symmetry_centre
+
+    config = tiny_resnet_config(symmetry_centre=True)
+    path = export_tiny_resnet(tmp_path / "resnet", config, seed=3)
+    network, _ = tiny_resnet(config, seed=3)
+    frames = powder_counts([(30.0, 22.0), (24.5, 19.0)], shape=(41, 57))
+    frames[:, :, 40:42] = -1.0  # a module gap
+    channels = config.resnet.input_channels
+    inputs = {"image": model_input(tf.constant(frames), INPUT_SIZE, channels),
+              "detail": model_input(tf.constant(frames), config.resnet.detail_size, channels),
+              "centre": tf.fill((len(frames), 2), np.nan)}
+    outputs = network(inputs, training=False)
+    refined = with_symmetry_centre(outputs, inputs, channels)
+    offset, side = _padding_offset(frames)
+    loaded = tf.saved_model.load(str(path))
+    for name in ("beam_centre", "tag"):
+        result = loaded.signatures[name](images=tf.constant(frames))
+        np.testing.assert_allclose(result["beam_centre"].numpy(), refined["beam"].numpy() * side - offset, atol=1e-3)
+    np.testing.assert_allclose(loaded.signatures["tag"](images=tf.constant(frames))["probabilities"].numpy(),
+                               outputs["attributes"].numpy(), rtol=1e-4, atol=1e-5)
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    assert metadata["symmetry_centre"] is True and "radial symmetry" in metadata["architecture"]

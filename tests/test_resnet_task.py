@@ -243,8 +243,9 @@ def _check_thresholds(config, result: dict, metadata: dict) -> None:
     assert "| threshold | rule | precision (%) | recall (%) |" in Path(result["report_md"]).read_text()
 
 
-def _check_predictions(saved: Path, tmp_path: Path, beam_centre: bool) -> None:
-    """``predict`` with the exported model: tags every file, with the beam centre exactly when the model has the head."""
+def _check_predictions(saved: Path, tmp_path: Path, beam_centre: bool) -> TaggingModel:
+    """``predict`` with the exported model: tags every file, with the beam centre exactly when the model has the head.
+    Returns the loaded model (loading a SavedModel of ResNet-50's depth takes seconds: the caller reuses it)."""
     images = tmp_path / "images"
     good = write_good_files(images)
     model = TaggingModel(saved)
@@ -256,6 +257,7 @@ def _check_predictions(saved: Path, tmp_path: Path, beam_centre: bool) -> None:
     assert predict_directory(images, model=model, output=tmp_path / "tags.csv", quiet=True) == []
     header = (tmp_path / "tags.csv").read_text().splitlines()[0].split(",")
     assert ("beam_x" in header) == beam_centre and f"{slug(ATTRIBUTES[0])}_probability" in header
+    return model
 
 
 def test_the_papers_network_trains_exports_and_predicts(smoke_dataset, tmp_path):
@@ -278,12 +280,12 @@ def test_the_papers_network_trains_exports_and_predicts(smoke_dataset, tmp_path)
     _check_thresholds(config, result, metadata)
     report = json.loads(Path(result["report_json"]).read_text())
     assert any(report["attributes"][name]["rule"] == "default" for name in ATTRIBUTES)  # raised to the floor
-    _check_predictions(saved, tmp_path, beam_centre=False)
+    model = _check_predictions(saved, tmp_path, beam_centre=False)
     # the graph's four views of a frame give what its four flips give through the one-view signature
     frame = np.random.default_rng(0).poisson(20.0, (1, 64, 64)).astype(np.float32)
     one = TaggingModel(saved, views=1)
     each = [one(view)[0] for group in dihedral_views(frame, 4) for view in group]
-    np.testing.assert_allclose(TaggingModel(saved)(frame)[0], np.mean(each, axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model(frame)[0], np.mean(each, axis=0), rtol=1e-4, atol=1e-5)
 
 
 def test_truncated_shard_is_named_before_training_starts(smoke_dataset, tmp_path):

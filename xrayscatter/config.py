@@ -142,6 +142,10 @@ class ResNetConfig:
     # profile is taken about that refined centre, which the ``beam`` output then gives (the coarse one is
     # ``beam_coarse``). Needs the beam-region branch.
     beam_refine: bool = False
+    # The beam centre the export gives (``beam_centre``, ``tag``) and the hold-out report measures: the network's
+    # estimate moved to where its input image is most radially symmetric (resnet/centre.py, no weights; the tags
+    # are unchanged). Needs the beam-centre head and a ``filled`` or ``log`` input channel.
+    symmetry_centre: bool = False
     # Training images over which batch-norm statistics are recomputed for the final weights before
     # every evaluation and the export (0 → keep the running averages of training).
     batch_norm_images: int = 512
@@ -175,6 +179,10 @@ class ResNetConfig:
                "resnet.profile_bins", "must be 0 (no radial profile) or ≥ 8 with a beam-region branch (resnet.detail_size > 0)")
         _check(not self.beam_refine or self.detail_size > 0, where, "resnet.beam_refine",
                "refines the beam centre within the beam window: it needs the beam-region branch (resnet.detail_size > 0)")
+        _check(not self.symmetry_centre or (self.beam_centre_weight > 0 and ("filled" in self.input_channels
+                                                                             or "log" in self.input_channels)),
+               where, "resnet.symmetry_centre", "refines the network's beam centre on its input image: it needs the "
+               "beam-centre head (resnet.beam_centre_weight > 0) and a 'filled' or 'log' input channel")
         _check(self.detail_crop >= 8, where, "resnet.detail_crop", "must be ≥ 8")
         _check(0 < self.detail_window <= 1, where, "resnet.detail_window", "must be in (0, 1]")
         _check(self.batch_norm_images >= 0, where, "resnet.batch_norm_images", "must be ≥ 0")

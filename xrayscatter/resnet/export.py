@@ -37,6 +37,7 @@ from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.resnet.data import inputs_from_counts
 from xrayscatter.resnet.features import fifteen_crop_features, fifteen_crop_scales, plain_features
 from xrayscatter.resnet.model import attribute_probabilities, feature_size, layout_name
+from xrayscatter.resnet.centre import with_symmetry_centre
 from xrayscatter.resnet.views import on_views
 from xrayscatter.saved_model import KerasExport
 
@@ -79,6 +80,7 @@ class ResNetExport(KerasExport):
         self.channels = tuple(config.resnet.input_channels)
         self.beam_head = isinstance(classifier.output, dict)
         self.views = config.resnet.views
+        self.symmetry_centre = self.beam_head and self.settings.symmetry_centre
 
     def model_metadata(self) -> dict:
         size = self.input_size
@@ -88,6 +90,8 @@ class ResNetExport(KerasExport):
                       f"centre, from {self.settings.detail_size} px, at {self.settings.detail_crop} px)")
             if self.settings.profile_bins:
                 heads += f", radial-profile branch ({self.settings.profile_bins} log-spaced rings about that centre)"
+        if self.symmetry_centre:
+            heads += "; the beam centre it gives refined by its input image's radial symmetry"
         return {
             "architecture": f"{layout_name(self.settings.blocks)} (keras.applications layout), "
                             f"{len(self.channels)} input channel(s), {heads}",
@@ -102,6 +106,7 @@ class ResNetExport(KerasExport):
             "fifteen_crop": {"scales": list(fifteen_crop_scales(size)), "crop": size,
                              "crops": "centre, top-left, top-right, bottom-left, bottom-right"},
             "views": self.views,
+            "symmetry_centre": self.symmetry_centre,
             "signatures": {k: v for k, v in SIGNATURES.items() if k in self.signature_names()},
         }
 
@@ -122,15 +127,20 @@ class ResNetExport(KerasExport):
         settings = self.settings
         images = [tf.TensorSpec((None, None, None), tf.float32, name="images")]
 
+        def refined(outputs, inputs):  # resnet.symmetry_centre: the beam centre refined on the detail image
+            return with_symmetry_centre(outputs, inputs, settings.input_channels) if self.symmetry_centre else outputs
+
         @tf.function(input_signature=images, autograph=False)
         def forward(images):
             """The classifier on raw counts (its probabilities averaged over ``resnet.views`` views), traced once:
             the signatures below call it rather than trace it again."""
-            return on_views(classifier, inputs_from_counts(images, settings), self.views)
+            inputs = inputs_from_counts(images, settings)
+            return refined(on_views(classifier, inputs, self.views), inputs)
 
         @tf.function(input_signature=images, autograph=False)
         def forward_one_view(images):
-            return classifier(inputs_from_counts(images, settings), training=False)
+            inputs = inputs_from_counts(images, settings)
+            return refined(classifier(inputs, training=False), inputs)
 
         def serving_default(images):
             return {"probabilities": attribute_probabilities(forward(images))}

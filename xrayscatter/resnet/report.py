@@ -20,6 +20,7 @@ from xrayscatter.files import write_atomically
 from xrayscatter.metrics import HOLDOUT_AP_RULE, mean_average_precision
 from xrayscatter.resnet.data import make_beam_dataset, make_dataset, make_label_dataset
 from xrayscatter.resnet.model import attribute_probabilities, layout_name
+from xrayscatter.resnet.centre import with_symmetry_centre
 from xrayscatter.resnet.views import on_views
 
 PAPER_HOLDOUT_MAP = 77.1  # Wang et al., WACV 2017, Table 3: ResNet-50 on the synthetic hold-out
@@ -36,14 +37,20 @@ def predict_split_outputs(model: keras.Model, config, split: str,
                           views: int = 1) -> tuple[dict | np.ndarray, np.ndarray]:
     """The model's outputs on a whole split (its dict of (N, ·) arrays, or the (N, A) probabilities) and the
     (N, A) labels, in the same order. ``views`` > 1: the probabilities averaged over that many flipped and
-    turned views of each image, as the exported model gives them (``views.on_views``)."""
+    turned views of each image, as the exported model gives them (``views.on_views``); with
+    ``resnet.symmetry_centre`` the beam centre refined as the export refines it (``beam_network``: before)."""
     paths = shard_paths(config, split)
     images = make_dataset(config, split, training=False, paths=paths).map(lambda x, y: x)
+    symmetry = config.resnet.symmetry_centre and isinstance(model.output, dict)
     with naming_bad_shards(paths):
-        if views == 1:
+        if views == 1 and not symmetry:
             outputs = model.predict(images, verbose=0)
         else:
-            forward = tf.function(lambda inputs: on_views(model, inputs, views))
+            def outputs_of(inputs):
+                outputs = on_views(model, inputs, views)
+                return with_symmetry_centre(outputs, inputs, config.resnet.input_channels) if symmetry else outputs
+
+            forward = tf.function(outputs_of)
             batches = [forward(inputs) for inputs in images]
             outputs = ({name: np.concatenate([b[name].numpy() for b in batches]) for name in batches[0]}
                        if isinstance(batches[0], dict) else np.concatenate([b.numpy() for b in batches]))
@@ -56,7 +63,8 @@ def beam_centre_errors(outputs: dict, config, split: str) -> dict:
 
     Args:
         outputs: the network's outputs on the split (``predict_split_outputs``): ``beam`` (N, 2) and, with
-            ``resnet.beam_refine``, ``beam_coarse`` (N, 2), (x, y) as fractions of the padded square's side.
+            ``resnet.beam_refine``, ``beam_coarse`` (N, 2), with ``resnet.symmetry_centre``, ``beam_network``
+            (N, 2), (x, y) as fractions of the padded square's side.
 
     Returns:
         ``{"images", "side_px", "<output>": {"median_px", "p90_px", "within_2px"}}``: distances in px of the
@@ -66,7 +74,7 @@ def beam_centre_errors(outputs: dict, config, split: str) -> dict:
     on_image = np.all(np.isfinite(truth) & (truth >= 0) & (truth <= 1), axis=1)
     side = int(config.simulate.image_size)
     result = {"images": int(on_image.sum()), "side_px": side}
-    for name in ("beam", "beam_coarse"):
+    for name in ("beam", "beam_network", "beam_coarse"):
         if name in outputs and on_image.any():
             distance = np.hypot(*(np.asarray(outputs[name])[on_image] - truth[on_image]).T) * side
             result[name] = {"median_px": float(np.median(distance)), "p90_px": float(np.percentile(distance, 90)),
@@ -144,7 +152,11 @@ def write_holdout_report(config, ap: np.ndarray, labels: np.ndarray, extra: dict
         lines += ["", f"Beam centre, {beam_centre['images']} test images whose beam is on the image (px of the "
                   f"{beam_centre['side_px']}-px image):", "",
                   "| estimate | median error | 90th percentile | within 2 px (%) |", "|---|---|---|---|"]
-        for name, label in (("beam", "the network's (`beam_centre` signature)"), ("beam_coarse", "coarse (backbone)")):
+        exported = ("refined by radial symmetry (`beam_centre` signature)" if "beam_network" in beam_centre
+                    else "the network's (`beam_centre` signature)")
+        for name, label in (("beam", exported),
+                            ("beam_network", "the network's own, before the radial-symmetry refinement"),
+                            ("beam_coarse", "coarse (backbone)")):
             if name in beam_centre:
                 e = beam_centre[name]
                 lines.append(f"| {label} | {e['median_px']:.1f} | {e['p90_px']:.1f} | {percent(e['within_2px'])} |")
