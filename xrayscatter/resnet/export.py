@@ -34,10 +34,10 @@ import keras
 import tensorflow as tf
 
 from xrayscatter.attributes import ATTRIBUTES
+from xrayscatter.resnet.centre import with_symmetry_centre
 from xrayscatter.resnet.data import inputs_from_counts
 from xrayscatter.resnet.features import fifteen_crop_features, fifteen_crop_scales, plain_features
 from xrayscatter.resnet.model import attribute_probabilities, feature_size, layout_name
-from xrayscatter.resnet.centre import with_symmetry_centre
 from xrayscatter.resnet.views import on_views
 from xrayscatter.saved_model import KerasExport
 
@@ -127,7 +127,7 @@ class ResNetExport(KerasExport):
         settings = self.settings
         images = [tf.TensorSpec((None, None, None), tf.float32, name="images")]
 
-        def refined(outputs, inputs):  # resnet.symmetry_centre: the beam centre refined on the detail image
+        def refined(outputs, inputs):  # resnet.symmetry_centre: the beam centre refined on the input image
             return with_symmetry_centre(outputs, inputs, settings.input_channels) if self.symmetry_centre else outputs
 
         @tf.function(input_signature=images, autograph=False)

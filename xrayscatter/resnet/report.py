@@ -18,9 +18,9 @@ from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.dataset import naming_bad_shards, shard_paths
 from xrayscatter.files import write_atomically
 from xrayscatter.metrics import HOLDOUT_AP_RULE, mean_average_precision
+from xrayscatter.resnet.centre import with_symmetry_centre
 from xrayscatter.resnet.data import make_beam_dataset, make_dataset, make_label_dataset
 from xrayscatter.resnet.model import attribute_probabilities, layout_name
-from xrayscatter.resnet.centre import with_symmetry_centre
 from xrayscatter.resnet.views import on_views
 
 PAPER_HOLDOUT_MAP = 77.1  # Wang et al., WACV 2017, Table 3: ResNet-50 on the synthetic hold-out
