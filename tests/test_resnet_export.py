@@ -18,7 +18,8 @@ import tensorflow as tf
 from helpers import export_tiny_resnet, tiny_resnet, tiny_resnet_config
 from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.resnet.centre import with_symmetry_centre
-from xrayscatter.normalization import model_input, normalize_counts, pad_to_square, to_model_input
+from xrayscatter.normalization import (channels_from_parts, model_input, normalize_counts, pad_to_square, resized_parts,
+                                       square_log_and_valid, to_model_input)
 from xrayscatter.resnet.features import fifteen_crop_scales
 from xrayscatter.saved_model import METADATA_FILE
 
@@ -93,8 +94,17 @@ def _fifteen_crop_by_hand(backbone, counts, channels) -> np.ndarray:
     if channels == ("log",):  # the first models' resize, written out
         square = pad_to_square(normalize_counts(tf.constant(counts))[..., None])
         resize = lambda scale: tf.image.resize(square, (scale, scale), method="bilinear", antialias=True)  # noqa: E731
-    else:
-        resize = lambda scale: model_input(tf.constant(counts), scale, channels)  # noqa: E731
+    else:  # the channels at each scale, the contrast stretched by the smallest scale's percentiles (nearest rank)
+        log_square, valid_square = square_log_and_valid(tf.constant(counts))
+        parts = {scale: resized_parts(log_square, valid_square, scale) for scale in fifteen_crop_scales(INPUT_SIZE)}
+        smallest = parts[min(parts)]
+        low, high = [], []
+        for filled, valid in zip(smallest["filled"].numpy(), smallest["valid"].numpy()):
+            values = np.sort(filled[valid > 0.5])
+            low.append(values[int((values.size - 1) * 2.0 / 100)])
+            high.append(values[int((values.size - 1) * 99.9 / 100)])
+        stretch = (np.array(low, np.float32)[:, None, None, None], np.array(high, np.float32)[:, None, None, None])
+        resize = lambda scale: channels_from_parts(parts[scale], channels, stretch)  # noqa: E731
     features = []
     for scale in fifteen_crop_scales(INPUT_SIZE):
         resized = resize(scale).numpy()

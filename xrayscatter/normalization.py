@@ -112,25 +112,46 @@ def _percentile_over(values: tf.Tensor, where: tf.Tensor, percent: float) -> tf.
     return tf.where(count > 0, picked, 0.0)
 
 
+def contrast_range(filled: tf.Tensor, valid: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(B, S, S, 1) filled log counts and measured fraction → ((B, 1, 1, 1), (B, 1, 1, 1)): the contrast
+    channel's stretch, the ``CONTRAST_PERCENTILES`` of each image's measured pixels."""
+    flat = tf.reshape(filled, (tf.shape(filled)[0], -1))
+    where = tf.reshape(valid, tf.shape(flat)) > 0.5
+    low, high = (_percentile_over(flat, where, p)[:, None, None, None] for p in CONTRAST_PERCENTILES)
+    return low, high
+
+
+def resized_parts(log_square: tf.Tensor, valid_square: tf.Tensor, size: int) -> dict:
+    """Padded square (B, N, N, 1) log counts and measured fraction → ``log``, ``filled`` and ``valid``, each
+    (B, size, size, 1), and ``seen`` (1 where anything was measured): what the input channels are made of."""
+    # one resize of both: the same per-channel result in one kernel call
+    log, valid = tf.split(resize_square(tf.concat([log_square, valid_square], axis=-1), size), 2, axis=-1)
+    seen = tf.cast(valid > 0.05, tf.float32)
+    filled = tf.math.divide_no_nan(log, tf.maximum(valid, 0.05)) * seen
+    return {"log": log, "filled": filled, "valid": valid, "seen": seen}
+
+
+def channels_from_parts(parts: dict, channels, stretch: tuple[tf.Tensor, tf.Tensor] | None = None) -> tf.Tensor:
+    """:func:`resized_parts` → (B, size, size, len(channels)). ``stretch``: the contrast channel's (low, high),
+    each (B, 1, 1, 1), where the caller has them already (:func:`contrast_range` of the same frames at another
+    size: the 15-crop feature's three scales share the smallest one's); None: this size's own."""
+    unknown = [c for c in channels if c not in INPUT_CHANNELS]
+    if unknown or not channels:
+        raise ValueError(f"channels must be a non-empty list of {INPUT_CHANNELS}. Received: channels={list(channels)}")
+    out = dict(parts)
+    if "contrast" in channels:
+        low, high = contrast_range(parts["filled"], parts["valid"]) if stretch is None else stretch
+        stretched = (parts["filled"] - low) / tf.maximum(high - low, 1e-3)
+        out["contrast"] = tf.clip_by_value(stretched, 0.0, 1.0) * parts["seen"]
+    return tf.concat([out[c] for c in channels], axis=-1)
+
+
 def channels_from_square(log_square: tf.Tensor, valid_square: tf.Tensor, size: int, channels) -> tf.Tensor:
     """Padded square (B, N, N, 1) log counts and measured fraction → (B, size, size, len(channels)).
 
     See ``INPUT_CHANNELS`` for what each channel is.
     """
-    unknown = [c for c in channels if c not in INPUT_CHANNELS]
-    if unknown or not channels:
-        raise ValueError(f"channels must be a non-empty list of {INPUT_CHANNELS}. Received: channels={list(channels)}")
-    log = resize_square(log_square, size)
-    valid = resize_square(valid_square, size)
-    seen = tf.cast(valid > 0.05, tf.float32)
-    filled = tf.math.divide_no_nan(log, tf.maximum(valid, 0.05)) * seen
-    out = {"log": log, "filled": filled, "valid": valid}
-    if "contrast" in channels:
-        flat = tf.reshape(filled, (tf.shape(filled)[0], -1))
-        where = tf.reshape(valid, tf.shape(flat)) > 0.5
-        low, high = (_percentile_over(flat, where, p)[:, None, None, None] for p in CONTRAST_PERCENTILES)
-        out["contrast"] = tf.clip_by_value((filled - low) / tf.maximum(high - low, 1e-3), 0.0, 1.0) * seen
-    return tf.concat([out[c] for c in channels], axis=-1)
+    return channels_from_parts(resized_parts(log_square, valid_square, size), channels)
 
 
 def model_input(counts: tf.Tensor, size: int, channels=("log",)) -> tf.Tensor:

@@ -10,7 +10,7 @@ channels are ``resnet.input_channels``, as the exported ``features_15crop`` sign
 * 15-crop — ``features.fifteen_crop_features`` on B raw frames of ``simulate.image_size`` px;
 * plain  — the backbone on 15·B already made ``input_size`` input channels;
 * crops alone — ``features.fifteen_crops``: normalisation, the three resizes, the input channels
-  at each scale (the contrast channel's percentiles sort every pixel) and the cropping, without
+  at each scale (the contrast channel's percentiles order the smallest scale's pixels) and the cropping, without
   the network: where the time beyond the ideal goes,
 
 measured in alternating rounds so that a change of load on shared cores favours none.
@@ -81,7 +81,7 @@ def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0, console=N
     crops_only = tf.function(lambda x: fifteen_crops(x, size, channels))
     cases = [(fifteen, counts, images), (plain, crops, NUM_CROPS * images), (crops_only, counts, images)]
     without_contrast = tuple(c for c in channels if c != "contrast")
-    if "contrast" in channels and without_contrast:  # the contrast channel sorts every pixel at three scales
+    if "contrast" in channels and without_contrast:  # its percentiles order the pixels of the smallest scale
         cases.append((tf.function(lambda x: fifteen_crops(x, size, without_contrast)), counts, images))
     console = console or Console()
     with console.status("15-crop features, plain forward passes and the crops alone, alternating"):
@@ -102,7 +102,7 @@ def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0, console=N
             ("15-crop / ideal", f"{result['ratio']:.2f}", f"≥ {TARGET_RATIO:g}"),
             ("the 15 crops alone (no network)", f"{crops_rate:.1f} images/s",
              f"{100 * result['crops_share']:.0f} % of a feature's time"),
-            *([("  of which the contrast channel (percentiles: a sort per scale)", "",
+            *([("  of which the contrast channel (percentiles, taken at the smallest scale)", "",
                 f"{100 * result['contrast_share']:.0f} % of a feature's time")] if rest else [])]))
     return result
 
