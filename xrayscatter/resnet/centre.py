@@ -22,6 +22,8 @@ import math
 
 import tensorflow as tf
 
+from xrayscatter.resnet.views import on_views
+
 # (step as a fraction of the image side, half-width in steps) per stage of the pattern search: 3, 1.5, 0.75 and
 # 0.375 px of a 256-px image, at most 9.4 px (3.7 % of the side) from the estimate
 SEARCH_STAGES = ((3 / 256, 2), (1.5 / 256, 1), (0.75 / 256, 1), (0.375 / 256, 1))
@@ -124,3 +126,11 @@ def with_symmetry_centre(outputs: dict, inputs, channels) -> dict:
     values = image[..., channels.index("filled" if "filled" in channels else "log")]
     weights = image[..., channels.index("valid")] if "valid" in channels else tf.ones_like(values)
     return {**outputs, "beam": refine_centre(values, weights, outputs["beam"]), "beam_network": outputs["beam"]}
+
+
+def tagging_outputs(model, inputs, views: int, channels, symmetry_centre: bool) -> dict:
+    """The network's outputs for B frames as the export gives them (and the hold-out report measures them): its
+    probabilities averaged over ``views`` views (``views.on_views``; 1: the frame as it is), and with
+    ``symmetry_centre`` the beam centre refined on the input image (:func:`with_symmetry_centre`)."""
+    outputs = on_views(model, inputs, views)
+    return with_symmetry_centre(outputs, inputs, channels) if symmetry_centre else outputs

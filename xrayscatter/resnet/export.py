@@ -34,11 +34,10 @@ import keras
 import tensorflow as tf
 
 from xrayscatter.attributes import ATTRIBUTES
-from xrayscatter.resnet.centre import with_symmetry_centre
+from xrayscatter.resnet.centre import tagging_outputs
 from xrayscatter.resnet.data import inputs_from_counts
 from xrayscatter.resnet.features import fifteen_crop_features, fifteen_crop_scales, plain_features
 from xrayscatter.resnet.model import attribute_probabilities, feature_size, layout_name
-from xrayscatter.resnet.views import on_views
 from xrayscatter.saved_model import KerasExport
 
 SIGNATURES = {
@@ -127,20 +126,19 @@ class ResNetExport(KerasExport):
         settings = self.settings
         images = [tf.TensorSpec((None, None, None), tf.float32, name="images")]
 
-        def refined(outputs, inputs):  # resnet.symmetry_centre: the beam centre refined on the input image
-            return with_symmetry_centre(outputs, inputs, settings.input_channels) if self.symmetry_centre else outputs
+        def outputs_on(images, views):
+            return tagging_outputs(classifier, inputs_from_counts(images, settings), views, settings.input_channels,
+                                   self.symmetry_centre)
 
         @tf.function(input_signature=images, autograph=False)
         def forward(images):
             """The classifier on raw counts (its probabilities averaged over ``resnet.views`` views), traced once:
             the signatures below call it rather than trace it again."""
-            inputs = inputs_from_counts(images, settings)
-            return refined(on_views(classifier, inputs, self.views), inputs)
+            return outputs_on(images, self.views)
 
         @tf.function(input_signature=images, autograph=False)
         def forward_one_view(images):
-            inputs = inputs_from_counts(images, settings)
-            return refined(classifier(inputs, training=False), inputs)
+            return outputs_on(images, 1)
 
         def serving_default(images):
             return {"probabilities": attribute_probabilities(forward(images))}

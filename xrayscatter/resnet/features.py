@@ -52,6 +52,7 @@ def fifteen_crops(counts: tf.Tensor, input_size: int, channels=("log",)) -> tf.T
     log_square, valid_square = square_log_and_valid(counts)
     scales = fifteen_crop_scales(input_size)
     parts = [resized_parts(log_square, valid_square, scale) for scale in scales]
+    # the scales ascend: parts[0] is the smallest
     stretch = contrast_range(parts[0]["filled"], parts[0]["valid"]) if "contrast" in channels else None
     return tf.concat([five_crops(channels_from_parts(p, channels, stretch), input_size) for p in parts], axis=0)
 

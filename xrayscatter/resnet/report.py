@@ -18,10 +18,9 @@ from xrayscatter.attributes import ATTRIBUTES
 from xrayscatter.dataset import naming_bad_shards, shard_paths
 from xrayscatter.files import write_atomically
 from xrayscatter.metrics import HOLDOUT_AP_RULE, mean_average_precision
-from xrayscatter.resnet.centre import with_symmetry_centre
+from xrayscatter.resnet.centre import tagging_outputs
 from xrayscatter.resnet.data import make_beam_dataset, make_dataset, make_label_dataset
 from xrayscatter.resnet.model import attribute_probabilities, layout_name
-from xrayscatter.resnet.views import on_views
 
 PAPER_HOLDOUT_MAP = 77.1  # Wang et al., WACV 2017, Table 3: ResNet-50 on the synthetic hold-out
 
@@ -46,11 +45,8 @@ def predict_split_outputs(model: keras.Model, config, split: str,
         if views == 1 and not symmetry:
             outputs = model.predict(images, verbose=0)
         else:
-            def outputs_of(inputs):
-                outputs = on_views(model, inputs, views)
-                return with_symmetry_centre(outputs, inputs, config.resnet.input_channels) if symmetry else outputs
-
-            forward = tf.function(outputs_of)
+            forward = tf.function(lambda inputs: tagging_outputs(model, inputs, views, config.resnet.input_channels,
+                                                                 symmetry))
             batches = [forward(inputs) for inputs in images]
             outputs = ({name: np.concatenate([b[name].numpy() for b in batches]) for name in batches[0]}
                        if isinstance(batches[0], dict) else np.concatenate([b.numpy() for b in batches]))
