@@ -177,15 +177,31 @@ def test_a_broad_visible_halo_is_a_halo_not_a_ring():
     assert "Halo" in tags and "Ring" not in tags
 
 
-def test_structure_factor_needs_a_visible_bump():
-    s = Scene(background=1.0)
-    piece = s.diffuse("diffuse_low", 40.0, 30.0)
-    s.structure_factor.append({"q": 25 * Q_PER_PX, "s_max": 1.4, "bump": True, "piece": piece})
-    assert "Structure factor" in s.tags()
-    flat = Scene(background=1.0)
-    piece = flat.diffuse("diffuse_low", 40.0, 30.0)
-    flat.structure_factor.append({"q": 25 * Q_PER_PX, "s_max": 1.05, "bump": True, "piece": piece})  # S(q) too flat
-    assert "Structure factor" not in flat.tags()
+def _structure_factor_scene(form: np.ndarray, s_max: float, background: float = 1.0) -> Scene:
+    """A scene of P(q)·S(q) with S a bump of height ``s_max`` − 1 at 25 px; ``form`` is P on the pixels."""
+    scene = Scene(background=background)
+    q_grid = np.linspace(0.0, 1.0, 400)
+    s_grid = 1.0 + (s_max - 1.0) * np.exp(-0.5 * ((q_grid - 25 * Q_PER_PX) / (4 * Q_PER_PX)) ** 2)
+    piece = scene._add("diffuse_low", form * np.interp(scene.q, q_grid, s_grid))
+    scene.structure_factor.append({"q": 25 * Q_PER_PX, "s_max": s_max, "bump": True, "piece": piece,
+                                   "s_of_q": (q_grid, s_grid)})
+    return scene
+
+
+def test_structure_factor_is_a_visible_crest_that_s_of_q_makes():
+    falling = Scene().radius
+    form = 40.0 * np.exp(-falling / 60.0)
+    assert "Structure factor" in _structure_factor_scene(form, 1.6).tags()
+    # S(q) too flat, or its crest buried in a bright background: no correlation peak to see
+    assert "Structure factor" not in _structure_factor_scene(form, 1.05).tags()
+    assert "Structure factor" not in _structure_factor_scene(form, 1.6, 5e4).tags()
+
+
+def test_a_crest_of_the_form_factor_under_a_weak_s_of_q_is_not_a_structure_factor():
+    """The crest at 25 px is a form-factor fringe: with S set to 1 it keeps its prominence."""
+    radius = Scene().radius
+    fringe = 40.0 * np.exp(-radius / 30.0) + 30.0 * np.exp(-0.5 * ((radius - 25.0) / 2.0) ** 2)
+    assert "Structure factor" not in _structure_factor_scene(fringe, 1.15).tags()
 
 
 def test_polycrystalline_needs_several_separate_grain_spots():
@@ -240,6 +256,26 @@ def test_diffuse_low_q_needs_a_visible_area():
     speck = Scene(background=1.0)
     speck.diffuse("diffuse_low", 500.0, 0.5)  # the glow of a spot, a few pixels across
     assert "Diffuse low-q" not in speck.tags()
+
+
+def test_diffuse_low_q_is_brightest_next_to_the_beam_and_falls_away():
+    """A smooth shell of scattering away from the beam, or a flat glow over the frame, is not diffuse
+    low-q scattering, however bright."""
+    shell = Scene(background=1.0)
+    shell._add("diffuse_low", 500.0 * np.exp(-0.5 * ((shell.radius - 30.0) / 8.0) ** 2))
+    assert "Diffuse low-q" not in shell.tags()
+    flat = Scene(background=1.0)
+    flat._add("diffuse_low", np.full((SIZE, SIZE), 200.0))
+    assert "Diffuse low-q" not in flat.tags()
+
+
+def test_diffuse_low_q_must_outshine_what_else_is_there():
+    """Falling scattering under a brighter one (here a halo's low-q flank) is not what the eye reads
+    as diffuse low-q scattering."""
+    s = Scene(background=1.0)
+    s.diffuse("diffuse_low", 50.0, 12.0)
+    s._add("halo", 400.0 * np.exp(-0.5 * (s.radius / 25.0) ** 2))
+    assert "Diffuse low-q" not in s.tags()
 
 
 def test_diffuse_low_q_hidden_behind_the_beamstop_is_not_tagged():

@@ -117,7 +117,8 @@ def _compose(seed: int, image_id: int, attempt: int, maps: RunMaps):
                                                           "halo" if piece.role == "halo" else piece.role)))
             if "sf_q" in piece.info:
                 sf_evidence.append({"q": piece.info["sf_q"], "s_max": piece.info["sf_max"],
-                                    "bump": piece.info["sf_bump"], "piece": index})
+                                    "bump": piece.info["sf_bump"], "piece": index,
+                                    "s_of_q": piece.info["sf_profile"]})
 
     bg_level = run["background"]["level"] * exposure / run["exposure"] * _log_uniform(rng, 0.7, 1.4)
     background, air = _background(rng, maps, bg_level)

@@ -274,7 +274,8 @@ def sphere_module(rng, maps, q_range):
         # Is the correlation peak a bump of P·S itself (not swallowed by the falling P(q))?
         peaks_found, _ = find_peaks(np.log(np.maximum(intensity, 1e-300)), prominence=0.05)
         bump = bool(np.any(np.abs(q[peaks_found] - q[k]) < 0.35 * q[k]))
-        info = {"sf_q": float(q[k]), "sf_max": float(s_q[k]), "sf_bump": bump}
+        # S(q) itself goes to the tag rule, which asks whether the crest survives with S set to 1
+        info = {"sf_q": float(q[k]), "sf_max": float(s_q[k]), "sf_bump": bump, "sf_profile": (q, s_q)}
         record.update(structure_factor="percus-yevick", volume_fraction=round(phi, 4), hard_sphere_radius=round(r_hs, 4))
     return record, [Piece("diffuse_low", profile=intensity, info=info)]
 
