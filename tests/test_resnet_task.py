@@ -163,7 +163,7 @@ def test_weight_averaging_validates_and_ships_the_average_of_the_weights(smoke_d
 
 def test_killed_with_sigkill_resumes_reports_and_exports(smoke_dataset, tmp_path):
     # as the default exports: 4 views in the graph, the beam centre refined by radial symmetry
-    config = redirect(replace(smoke_dataset, "resnet", epochs=4, steps_per_epoch=2, views=4, symmetry_centre=True),
+    config = redirect(replace(smoke_dataset, "resnet", epochs=3, steps_per_epoch=2, views=4, symmetry_centre=True),
                       tmp_path)
     pipeline = write_pipeline(config, tmp_path / "pipeline.toml")
     backup = Path(config.resnet.log_dir) / "backup"
@@ -174,12 +174,12 @@ def test_killed_with_sigkill_resumes_reports_and_exports(smoke_dataset, tmp_path
     assert process.returncode == -signal.SIGKILL, f"not killed mid-training: {process.stderr.read()[-3000:]}"
     assert not (tmp_path / "saved_models").exists()
     backed_up = latest_backup_step(backup)  # the last backup before the kill, at an epoch's end
-    assert 2 <= backed_up < 8 and backed_up % 2 == 0
+    assert 2 <= backed_up < 6 and backed_up % 2 == 0
 
     result = train("resnet", config, progress=False)
 
     assert result["route"] == "fit" and result["complete"]
-    assert result["initial_step"] == backed_up and result["final_step"] == 8
+    assert result["initial_step"] == backed_up and result["final_step"] == 6
     run_dir = Path(result["log_dir"])
     rows = _csv_rows(run_dir / "training_log.csv")
     epochs = [int(r["epoch"]) for r in rows]
@@ -188,7 +188,7 @@ def test_killed_with_sigkill_resumes_reports_and_exports(smoke_dataset, tmp_path
     resumed = epochs[epochs.index(first_resumed, first_resumed):]  # the rows the second run wrote
     assert resumed == list(range(first_resumed, config.resnet.epochs))
     # The optimizer's step counter came back too: the learning rate follows the schedule of one run.
-    schedule = learning_rate_schedule(config, 8)
+    schedule = learning_rate_schedule(config, 6)
     for row in rows[-len(resumed):]:
         assert float(row["learning_rate"]) == pytest.approx(float(schedule((int(row["epoch"]) + 1) * 2)), rel=1e-5)
     # One loss per output, the PR-AUC of the attribute output, the validation of the evaluation copy.
