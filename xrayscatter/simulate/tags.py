@@ -244,8 +244,8 @@ def _diffuse_low_visible(scene: SceneForTags) -> bool:
     On the radial profile of the low-q diffuse part (sample, plus air scattering rising towards the
     beam, which looks the same), a run of bins from the inner edge where it is ≥ ``RING_SIGMA`` × the
     noise of the rest (over ``EYE_PIXELS``), ≥ the rest and ≥ ``DIFFUSE_LOW_MIN_COUNTS`` must cover
-    ≥ ``DIFFUSE_LOW_RUN`` px of a 1024² frame, start within ``DIFFUSE_LOW_TOP`` of its maximum and fall
-    ≥ ``DIFFUSE_LOW_FALL``× along the run. A bright scattering shell away from the beam, or a flat
+    ≥ ``DIFFUSE_LOW_RUN`` px of a 1024² frame; at its inner end the part is ≥ ``DIFFUSE_LOW_TOP`` × its
+    maximum over the run, and it falls ≥ ``DIFFUSE_LOW_FALL``× from the inner to the outer end. A bright scattering shell away from the beam, or a flat
     glow, is not diffuse low-q scattering.
     """
     present = [scene.roles[r] for r in ("diffuse_low", "air") if r in scene.roles]
