@@ -258,26 +258,6 @@ def test_diffuse_low_q_needs_a_visible_area():
     assert "Diffuse low-q" not in speck.tags()
 
 
-def test_diffuse_low_q_is_brightest_next_to_the_beam_and_falls_away():
-    """A smooth shell of scattering away from the beam, or a flat glow over the frame, is not diffuse
-    low-q scattering, however bright."""
-    shell = Scene(background=1.0)
-    shell._add("diffuse_low", 500.0 * np.exp(-0.5 * ((shell.radius - 30.0) / 8.0) ** 2))
-    assert "Diffuse low-q" not in shell.tags()
-    flat = Scene(background=1.0)
-    flat._add("diffuse_low", np.full((SIZE, SIZE), 200.0))
-    assert "Diffuse low-q" not in flat.tags()
-
-
-def test_diffuse_low_q_must_outshine_what_else_is_there():
-    """Falling scattering under a brighter one (here a halo's low-q flank) is not what the eye reads
-    as diffuse low-q scattering."""
-    s = Scene(background=1.0)
-    s.diffuse("diffuse_low", 50.0, 12.0)
-    s._add("halo", 400.0 * np.exp(-0.5 * (s.radius / 25.0) ** 2))
-    assert "Diffuse low-q" not in s.tags()
-
-
 def test_diffuse_low_q_hidden_behind_the_beamstop_is_not_tagged():
     s = Scene(background=1.0)
     s.diffuse("diffuse_low", 500.0, 3.0)

@@ -21,8 +21,8 @@ peaks closer than ``RESOLUTION`` × their width count as one (not resolved).
 | Polycrystalline   | spotty rings: ≥ ``SPOTS_FOR_POLYCRYSTALLINE`` separate visible grain spots |
 | Halo              | a halo crest passes the ring test (with its own broad width) |
 | Structure factor  | an S(q) correlation peak (S_max ≥ 1.12, a local maximum of P·S) that is a visible crest of the radial profile (prominence ≥ 3σ over ``EYE_PIXELS``, ≥ 0.1 × its base, ≥ 2 counts) between 0.4 and 1.2 × q of the S maximum, and that loses half its prominence when S is set to 1 |
-| Diffuse low-q     | the low-q diffuse part (sample, plus air scattering rising towards the beam, which looks the same) on the radial profile: a run of bins from the inner edge where it is ≥ 3σ of the rest (over ``EYE_PIXELS``), ≥ the rest and ≥ 0.5 counts, covering ≥ 1500 px of a 1024² frame, its inner end ≥ 0.7 × its maximum, falling ≥ 2× along the run |
-| Diffuse high-q    | ≥ ``diffuse_pixels`` px (0.2 % of the image) where the high-q diffuse part is ≥ 10 counts, ≥ 3σ noise of the rest and ≥ 0.5 × the rest |
+| Diffuse low-q     | ≥ ``diffuse_pixels`` px (0.2 % of the image) where the low-q diffuse part (sample, plus air scattering rising towards the beam, which looks the same) is ≥ 10 counts, ≥ 3σ noise of the rest and ≥ 0.5 × the rest |
+| Diffuse high-q    | the same for the high-q diffuse part |
 | Strong scattering | sample part: max > 1000 counts or mean > 5 counts over unshaded pixels |
 | Weak scattering   | not strong, and sample part: max < 10 counts, or its 99th percentile below the mean background |
 | High background   | the background floor (median over open pixels) is ≥ ``HIGH_BACKGROUND_MIN`` counts and ≥ ``HIGH_BACKGROUND_RATIO`` × the sample's 99th percentile: judged against the sample's signal, as a person does, not by absolute counts (a 1,500-count floor under 10⁵-count rings is not high background; 150 counts under a weak sample is) |
@@ -45,11 +45,6 @@ RING_CONTRAST = 0.1
 RING_MIN_COUNTS = 2.0
 RESOLUTION = 0.75
 DIFFUSE_MIN_COUNTS = 10.0
-DIFFUSE_LOW_MIN_COUNTS = 0.5  # counts per pixel: below this a smooth glow is not seen whatever the contrast
-DIFFUSE_LOW_RUN = 1500.0  # px of a 1024² frame the falling run from the inner edge must cover
-DIFFUSE_LOW_START_BINS = 6  # the run starts within the first radial bins left open by the beamstop
-DIFFUSE_LOW_TOP = 0.7  # the run's inner end is ≥ 0.7 × its brightest: brightest next to the beam
-DIFFUSE_LOW_FALL = 2.0  # and it falls ≥ 2× along the run
 PROFILE_MIN_PIXELS = 3  # open pixels a radial bin needs to read a level from
 SF_CREST_SHIFT_BINS = 2  # how far (radial bins) the crest may move when S(q) is set to 1
 DIFFUSE_AREA = 0.002  # fraction of the image a diffuse feature must cover (see SceneForTags.diffuse_pixels)
@@ -237,40 +232,6 @@ def _valid_profile(scene: SceneForTags, sums: np.ndarray) -> tuple[np.ndarray, n
     return valid, count[valid], mean[valid]
 
 
-def _diffuse_low_visible(scene: SceneForTags) -> bool:
-    """Diffuse low-q as a person reads it: smooth scattering that is brightest next to the beam (or the
-    beamstop's edge) and falls away from it, standing out of everything else over a run of radii.
-
-    On the radial profile of the low-q diffuse part (sample, plus air scattering rising towards the
-    beam, which looks the same), a run of bins from the inner edge where it is ≥ ``RING_SIGMA`` × the
-    noise of the rest (over ``EYE_PIXELS``), ≥ the rest and ≥ ``DIFFUSE_LOW_MIN_COUNTS`` must cover
-    ≥ ``DIFFUSE_LOW_RUN`` px of a 1024² frame; at its inner end the part is ≥ ``DIFFUSE_LOW_TOP`` × its
-    maximum over the run, and it falls ≥ ``DIFFUSE_LOW_FALL``× from the inner to the outer end. A bright scattering shell away from the beam, or a flat
-    glow, is not diffuse low-q scattering.
-    """
-    present = [scene.roles[r] for r in ("diffuse_low", "air") if r in scene.roles]
-    if not present:
-        return False
-    part_sums = _bin_sums(scene, np.sum(present, axis=0))
-    bins, count, part = _valid_profile(scene, part_sums)
-    _, _, rest = _valid_profile(scene, _total_sums(scene) - part_sums)
-    if not len(bins):
-        return False
-    rest = np.maximum(rest, 0.0)
-    ok = ((part >= RING_SIGMA * np.sqrt((rest + 1.0 + scene.noise_variance) / EYE_PIXELS)) & (part >= rest)
-          & (part >= DIFFUSE_LOW_MIN_COUNTS))
-    start = next((i for i in range(min(DIFFUSE_LOW_START_BINS, len(bins))) if ok[i]), None)
-    if start is None:
-        return False
-    end = start
-    while end + 1 < len(bins) and ok[end + 1]:
-        end += 1
-    run = part[start:end + 1]
-    inner, outer = float(run[:3].mean()), float(run[-3:].mean())
-    pixels = float(count[start:end + 1].sum()) * 1024**2 / (scene.shape[0] * scene.shape[1])
-    return pixels >= DIFFUSE_LOW_RUN and inner >= DIFFUSE_LOW_TOP * float(run.max()) and inner >= DIFFUSE_LOW_FALL * outer
-
-
 def _crests(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Local maxima of a 1-D profile: (indices, prominences)."""
     from scipy.signal import find_peaks
@@ -359,7 +320,7 @@ def decide_tags(scene: SceneForTags) -> tuple[list[str], dict]:
     if any(_structure_factor_visible(scene, sf) for sf in scene.structure_factor):
         tags.add("Structure factor")
 
-    if _diffuse_low_visible(scene):
+    if _diffuse_visible(scene, "diffuse_low", "air"):
         tags.add("Diffuse low-q")
     if _diffuse_visible(scene, "diffuse_high"):
         tags.add("Diffuse high-q")
