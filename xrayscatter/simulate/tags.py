@@ -224,12 +224,12 @@ def _diffuse_visible(scene: SceneForTags, *roles: str) -> bool:
     return int(ok.sum()) >= scene.diffuse_pixels
 
 
-def _valid_profile(scene: SceneForTags, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _valid_profile(scene: SceneForTags, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The radial profile (mean counts per open pixel) of per-bin ``sums`` on the bins with enough
-    open pixels to read a level from: (bin indices, their pixel counts, their means)."""
+    open pixels to read a level from: (bin indices, their means)."""
     count, mean, _ = _bin_stats(scene, sums=sums)
     valid = np.flatnonzero(count >= PROFILE_MIN_PIXELS)
-    return valid, count[valid], mean[valid]
+    return valid, mean[valid]
 
 
 def _crests(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,17 +246,15 @@ def _structure_factor_visible(scene: SceneForTags, sf: dict) -> bool:
     loses at least half its prominence; a form-factor fringe or a ring there would not).
 
     ``sf``: {"q": Å⁻¹ of the S(q) maximum, "s_max", "bump": P·S has a local maximum near it,
-    "piece": index of the P·S image, "s_of_q": (q grid Å⁻¹, S(q)) when known}.
+    "piece": index of the P·S image, "s_of_q": (q grid Å⁻¹, S(q))}.
     """
     if sf["s_max"] < STRUCTURE_FACTOR_MIN_PEAK or not sf["bump"]:
         return False
+    centres = 0.5 * (scene.bin_edges[:-1] + scene.bin_edges[1:])
     total_sums = _total_sums(scene)
-    own_sums = _bin_sums(scene, scene.piece_images[sf["piece"]])
-    bins, _, profile = _valid_profile(scene, total_sums)
-    centres = 0.5 * (scene.bin_edges[bins] + scene.bin_edges[bins + 1])
-    window = (centres >= 0.4 * sf["q"]) & (centres <= 1.2 * sf["q"])
+    bins, profile = _valid_profile(scene, total_sums)
     peaks, prominences = _crests(profile)
-    inside = window[peaks] if len(peaks) else np.zeros(0, bool)
+    inside = (centres[bins][peaks] >= 0.4 * sf["q"]) & (centres[bins][peaks] <= 1.2 * sf["q"])
     if not inside.any():
         return False
     k = int(np.argmax(np.where(inside, prominences, -1.0)))
@@ -265,11 +263,9 @@ def _structure_factor_visible(scene: SceneForTags, sf: dict) -> bool:
     if not (prominence >= RING_SIGMA * np.sqrt((base + 1.0 + scene.noise_variance) / EYE_PIXELS)
             and prominence >= RING_CONTRAST * base and prominence >= RING_MIN_COUNTS):
         return False
-    if "s_of_q" not in sf:
-        return True
-    q_grid, s_grid = sf["s_of_q"]
-    s_at_bins = np.interp(0.5 * (scene.bin_edges[:-1] + scene.bin_edges[1:]), q_grid, s_grid)
-    _, _, without_s = _valid_profile(scene, total_sums - own_sums + own_sums / np.maximum(s_at_bins, 1e-6))
+    own_sums = _bin_sums(scene, scene.piece_images[sf["piece"]])
+    s_at_bins = np.interp(centres, *sf["s_of_q"])
+    _, without_s = _valid_profile(scene, total_sums - own_sums + own_sums / np.maximum(s_at_bins, 1e-6))
     peaks_1, prominences_1 = _crests(without_s)
     near = np.abs(peaks_1 - crest) <= SF_CREST_SHIFT_BINS
     return not near.any() or float(prominences_1[near].max()) < 0.5 * prominence
