@@ -246,3 +246,35 @@ def test_bench_watch_reports_latency_and_sustained_rate_at_tiny_size(tmp_path, r
         held[0]["rate"] / result["predict_rate"])
     assert {"median", "p95", "backlog_growing", "rate"} <= set(result["check"])
     assert "load average" in result["load"][0]
+
+
+@pytest.mark.parametrize("waiting, batches", [(5, [1, 1, 1, 1, 1]), (16, [16]), (19, [16, 1, 1, 1])])
+def test_frames_go_one_by_one_unless_a_full_batch_waits(tmp_path, tagging_model, monkeypatch, waiting, batches):
+    """Frames read together (an Eiger data file's) are tagged one by one, each line as soon as its pass is done;
+    only a full batch's worth waiting is tagged as one batch (a backlog, worked off at the best rate per frame)."""
+    from xrayscatter.predict import FrameRead
+
+    class ReadAlready:  # every frame read before the loop looks
+        def __init__(self, count: int):
+            self.reads = [FrameRead(tmp_path / f"frame_{i}.tif", None, np.full((32, 32), 5.0, np.float32), None)
+                          for i in range(count)]
+            self.finished = False
+
+        def ready(self) -> bool:
+            return bool(self.reads)
+
+        def get(self, timeout=None):
+            if self.reads:
+                return self.reads.pop(0)
+            self.finished = True
+            return None
+
+    sizes, emitted = [], []
+    tag = tagging_model.tag
+    monkeypatch.setattr(tagging_model, "tag", lambda counts: (sizes.append(len(counts)), tag(counts))[1])
+    watch = FolderWatch(tmp_path, tagging_model, quiet=True, batch_size=16)
+    watch._reader = ReadAlready(waiting)
+    monkeypatch.setattr(watch, "_emit", lambda result, descriptor: emitted.append(result.path.name))
+    watch._loop(threading.Event(), descriptor=-1)
+    assert sizes == batches
+    assert emitted == [f"frame_{i}.tif" for i in range(waiting)]

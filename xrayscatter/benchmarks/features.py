@@ -76,13 +76,14 @@ def bench_fifteen_crop(config, images: int = 4, seconds: float = 10.0, console=N
     counts = tf.constant(rng.gamma(1.0, 200.0, size=(images, frame, frame)).astype(np.float32))
     crops = tf.constant(rng.random((NUM_CROPS * images, size, size, len(channels)), dtype=np.float32))
 
-    fifteen = tf.function(lambda x: fifteen_crop_features(backbone, x, size, channels))
-    plain = tf.function(lambda x: backbone(x, training=False))
-    crops_only = tf.function(lambda x: fifteen_crops(x, size, channels))
+    fifteen = tf.function(lambda x: fifteen_crop_features(backbone, x, size, channels), autograph=False)
+    plain = tf.function(lambda x: backbone(x, training=False), autograph=False)
+    crops_only = tf.function(lambda x: fifteen_crops(x, size, channels), autograph=False)
     cases = [(fifteen, counts, images), (plain, crops, NUM_CROPS * images), (crops_only, counts, images)]
     without_contrast = tuple(c for c in channels if c != "contrast")
     if "contrast" in channels and without_contrast:  # its percentiles order the pixels of the smallest scale
-        cases.append((tf.function(lambda x: fifteen_crops(x, size, without_contrast)), counts, images))
+        without = tf.function(lambda x: fifteen_crops(x, size, without_contrast), autograph=False)
+        cases.append((without, counts, images))
     console = console or Console()
     with console.status("15-crop features, plain forward passes and the crops alone, alternating"):
         fifteen_rate, plain_rate, crops_rate, *rest = _interleaved_rates(cases, seconds)
@@ -122,5 +123,6 @@ def bench_features(config, seconds: float = 10.0, json_path=None) -> dict:
     if importlib.util.find_spec("xrayscatter.benchmarks.features_spm") is not None:
         from xrayscatter.benchmarks.features_spm import bench_spm_features
 
-        result["spm"] = bench_spm_features(config)  # no target of its own: printed, not a ratio row
+        # no target of its own: printed, not a ratio row; at most 3 s a case, less when the caller asks for less
+        result["spm"] = bench_spm_features(config, seconds=min(seconds, 3.0))
     return finish(console, result, ratios, json_path, started)

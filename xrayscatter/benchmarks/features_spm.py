@@ -83,10 +83,11 @@ def bench_spm_features(config, seconds: float = 3.0, batch_size: int = 8) -> dic
     counts = benchmark_image(size, config.seed)
     patches = sum(grid_size(s, ae.patch_size, ae.spm_stride) ** 2 for s in ae.scales)
 
-    dense = tf.function(lambda images: spm_features(encoder, images, ae.scales, ae.spm_stride, ae.spm_levels))
+    dense = tf.function(lambda images: spm_features(encoder, images, ae.scales, ae.spm_stride, ae.spm_levels),
+                        autograph=False)
     one = tf.constant(counts[None])
     batch = tf.constant(np.repeat(counts[None], batch_size, axis=0))
-    encode_one = tf.function(lambda patch: tf.nn.softmax(encoder(patch), axis=-1))
+    encode_one = tf.function(lambda patch: tf.nn.softmax(encoder(patch), axis=-1), autograph=False)
 
     fast_features = dense(one).numpy()[0]
     loop_features = per_patch_loop_features(encode_one, counts, ae.scales, ae.patch_size, ae.spm_stride,

@@ -455,7 +455,7 @@ def _training_forward(model: keras.Model):
     """``model(batch, training=True)`` traced once per model (and input shape), kept as long as the model is."""
     if model not in _TRAINING_FORWARD:
         held = weakref.ref(model)  # the function must not keep its own key (the model) alive
-        _TRAINING_FORWARD[model] = tf.function(lambda batch: held()(batch, training=True))
+        _TRAINING_FORWARD[model] = tf.function(lambda batch: held()(batch, training=True), autograph=False)
     return _TRAINING_FORWARD[model]
 
 

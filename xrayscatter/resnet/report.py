@@ -46,7 +46,7 @@ def predict_split_outputs(model: keras.Model, config, split: str,
             outputs = model.predict(images, verbose=0)
         else:
             forward = tf.function(lambda inputs: tagging_outputs(model, inputs, views, config.resnet.input_channels,
-                                                                 symmetry))
+                                                                 symmetry), autograph=False)
             batches = [forward(inputs) for inputs in images]
             outputs = ({name: np.concatenate([b[name].numpy() for b in batches]) for name in batches[0]}
                        if isinstance(batches[0], dict) else np.concatenate([b.numpy() for b in batches]))
