@@ -382,7 +382,7 @@ def bench_watch(model: str | Path | None = None, rate: float = TARGET_RATE, seco
             checks.append({"rate": check_rate, "fraction": fraction, "frames": len(values),
                            "median": _percentile(values, 50), "p95": _percentile(values, 95),
                            "first_quarter_median": first, "last_quarter_median": last,
-                           "backlog_growing": last > first + 1.0})
+                           "backlog_growing": last > first + 1.0, "latencies": [round(v, 4) for v in values]})
             if not checks[-1]["backlog_growing"]:
                 sustained = check_rate
                 break
