@@ -197,7 +197,8 @@ def watch_command(
                              "itself on NFS, CIFS, Lustre, GPFS…)."),
     settle: float = typer.Option(
         1.0, "--settle", help="Seconds a file must stay unchanged to count as complete when no close event says so."),
-    batch_size: int = typer.Option(16, "--batch-size", help="At most this many frames per forward pass."),
+    batch_size: int = typer.Option(
+        16, "--batch-size", help="Frames per forward pass when that many wait (a backlog); fewer go one by one."),
     views: Optional[int] = ViewsOption,
 ):
     """Tag every new frame in DIRECTORY as it is written, until Ctrl-C: one printed line and one output line per frame."""

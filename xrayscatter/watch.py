@@ -531,7 +531,8 @@ class FolderWatch:
         output: the JSON Lines file (default ``<directory>/tags.jsonl``); read first to resume.
         recursive, glob: which files (as ``predict``).
         h5_path: the data set of the frames in HDF5 files (default: the Eiger/NeXus layout).
-        batch_size: at most this many frames per forward pass (a batch never waits to fill: whatever is read).
+        batch_size: frames per forward pass when that many are read and waiting (a backlog); fewer go one by one
+            (a batch never waits to fill).
         workers: reader threads.
         settle: seconds a file's size must stay unchanged when no close event says it is complete.
         poll: poll every this many seconds instead of file-system events (network file systems);
