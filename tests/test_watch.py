@@ -245,6 +245,7 @@ def test_bench_watch_reports_latency_and_sustained_rate_at_tiny_size(tmp_path, r
     assert result["sustained_rate"] == held[0]["rate"] and result["ratio"] == pytest.approx(
         held[0]["rate"] / result["predict_rate"])
     assert {"median", "p95", "backlog_growing", "rate"} <= set(result["check"])
+    assert all(len(c["latencies"]) == c["frames"] and min(c["latencies"]) >= 0 for c in result["checks"])
     assert "load average" in result["load"][0]
 
 
